@@ -1,0 +1,207 @@
+"""The capture thread: reads the source at its own pace; the newest frame wins.
+
+A source that fails or stops delivering is closed and reopened with jittered backoff. Each outage
+is recorded with its start and end and reported as events; nothing here ever ends the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from agent.backoff import floor_jitter_s
+from agent.capture.sources import FrameSource, SourceError
+from agent.config import CaptureConfig
+from agent.events import Event, EventSink, utc_now_iso
+
+log = logging.getLogger(__name__)
+
+REOPEN_BASE_S = 0.5  # first reopen after ~0.25-0.5 s: a USB camera re-enumerates in about 1 s
+MAX_OUTAGES_KEPT = 50  # outages listed in the status (older ones are only counted)
+FPS_WINDOW_S = 5.0  # delivered fps is measured over this window
+
+
+@dataclass
+class Outage:
+    start_utc: str
+    reason: str
+    end_utc: str | None = None
+    duration_s: float | None = None
+
+
+@dataclass(frozen=True)
+class CapturedFrame:
+    index: int  # increases by one per delivered frame
+    image: np.ndarray  # BGR, already privacy-masked
+    captured_s: float  # monotonic time of capture
+
+
+class Capture:
+    """Owns the source. `latest()` returns the newest frame; older unread frames are dropped."""
+
+    def __init__(
+        self,
+        cfg: CaptureConfig,
+        sink: EventSink,
+        source_factory: Callable[[], FrameSource],
+        frame_hook: Callable[[np.ndarray], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._cfg = cfg
+        self._sink = sink
+        self._factory = source_factory
+        self._frame_hook = frame_hook  # privacy masks: applied before anyone else sees a frame
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._lock = threading.Lock()
+        self._latest: CapturedFrame | None = None
+        self._consumed_index = -1
+        self._stop = threading.Event()
+        self._restart = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.state = "stopped"
+        self.frames_in = 0
+        self.frames_dropped = 0
+        self.outage_count = 0
+        self.outages: deque[Outage] = deque(maxlen=MAX_OUTAGES_KEPT)
+        self._arrivals: deque[float] = deque()
+        self._description = cfg.source
+        self._outage_started_s = 0.0
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.state = "stopped"
+
+    def restart(self) -> None:
+        """Close and reopen the source (the `restart_capture` command)."""
+        self._restart.set()
+
+    def latest(self) -> CapturedFrame | None:
+        with self._lock:
+            frame = self._latest
+            if frame is not None:
+                self._consumed_index = frame.index
+            return frame
+
+    def fps_in(self, now_s: float) -> float:
+        with self._lock:
+            while self._arrivals and self._arrivals[0] < now_s - FPS_WINDOW_S:
+                self._arrivals.popleft()
+            return len(self._arrivals) / FPS_WINDOW_S
+
+    def status(self, now_s: float) -> dict[str, object]:
+        latest = self._latest
+        current = self.outages[-1] if self.outages and self.outages[-1].end_utc is None else None
+        return {
+            "source": self._description,
+            "state": self.state,
+            "fps_in": round(self.fps_in(now_s), 2),
+            "frames_in": self.frames_in,
+            "frames_dropped": self.frames_dropped,
+            "last_frame_age_s": None if latest is None else round(now_s - latest.captured_s, 3),
+            "outages": self.outage_count,
+            "outage_since_utc": None if current is None else current.start_utc,
+            "recent_outages": [vars(o) for o in list(self.outages)[-5:]],
+        }
+
+    # -- the thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            source = self._factory()
+            self._description = source.description
+            try:
+                self.state = "opening"
+                source.open()
+                attempt = self._read_until_failure(source, attempt)
+            except SourceError as exc:
+                self._begin_outage(str(exc))
+            except Exception as exc:  # OpenCV/FFmpeg can raise anything; never let it kill us
+                log.exception("capture source failed unexpectedly")
+                self._begin_outage(f"unexpected error: {exc}")
+            finally:
+                try:
+                    source.close()
+                except Exception:  # a failing close must not stop the reopen loop
+                    log.exception("closing the capture source failed")
+            if self._stop.is_set():
+                break
+            if self._restart.is_set():
+                self._restart.clear()
+                attempt = 0
+                continue
+            self.state = "reconnecting"
+            delay_s = floor_jitter_s(attempt, REOPEN_BASE_S, self._cfg.reconnect_max_s, self._rng)
+            attempt += 1
+            log.info("reopening %s in %.1f s (attempt %d)", self._cfg.source, delay_s, attempt)
+            self._stop.wait(delay_s)
+
+    def _read_until_failure(self, source: FrameSource, attempt: int) -> int:
+        last_frame_s = time.monotonic()
+        while not self._stop.is_set() and not self._restart.is_set():
+            image = source.read()
+            now_s = time.monotonic()
+            if image is None:
+                if now_s - last_frame_s > self._cfg.stall_timeout_s:
+                    raise SourceError(f"no frame for {self._cfg.stall_timeout_s:.0f} s")
+                continue
+            if self._frame_hook is not None:
+                self._frame_hook(image)
+            last_frame_s = now_s
+            attempt = 0
+            self._deliver(image, now_s)
+        return attempt
+
+    def _deliver(self, image: np.ndarray, now_s: float) -> None:
+        with self._lock:
+            if self._latest is not None and self._latest.index != self._consumed_index:
+                self.frames_dropped += 1
+            index = self.frames_in
+            self._latest = CapturedFrame(index, image, now_s)
+            self.frames_in += 1
+            self._arrivals.append(now_s)
+            if len(self._arrivals) > 1000:
+                self._arrivals.popleft()
+        if self.state != "running":
+            self.state = "running"
+            self._end_outage()
+
+    def _begin_outage(self, reason: str) -> None:
+        self.state = "reconnecting"
+        if self.outages and self.outages[-1].end_utc is None:
+            return  # still the same outage: the reopen failed again
+        log.warning("camera lost: %s", reason)
+        self.outage_count += 1
+        self.outages.append(Outage(start_utc=utc_now_iso(), reason=reason))
+        self._outage_started_s = time.monotonic()
+        self._sink.emit(Event("camera_lost", "error", f"camera lost: {reason}", {"reason": reason}))
+
+    def _end_outage(self) -> None:
+        if not self.outages or self.outages[-1].end_utc is not None:
+            return
+        outage = self.outages[-1]
+        outage.end_utc = utc_now_iso()
+        outage.duration_s = round(time.monotonic() - self._outage_started_s, 3)
+        log.info("camera restored after %.1f s", outage.duration_s)
+        self._sink.emit(
+            Event(
+                "camera_restored",
+                "info",
+                f"camera restored after {outage.duration_s:.1f} s",
+                {"outage_start_utc": outage.start_utc, "duration_s": outage.duration_s},
+            )
+        )

@@ -1,0 +1,68 @@
+"""Burn the station id and the local date/time into the picture.
+
+Drawn on the luma plane of the I420 frame the encoder receives, as a pre-rendered patch (white
+text on a black box, chroma set to neutral): one slice copy per frame, the text is rendered only
+when the second changes. Font size scales with the frame height so the text stays legible from
+240p (about 14 px tall) to 1080p.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import cv2
+import numpy as np
+
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+# Hershey simplex glyphs are ~22 px tall at scale 1.0; 0.045 of the frame height keeps a line at
+# ~32 px at 720p and never under ~14 px (the smallest that stays readable after 240p encoding).
+TEXT_HEIGHT_SHARE = 0.045
+MIN_TEXT_PX = 14
+Y_BLACK, Y_WHITE, UV_NEUTRAL = 16, 235, 128  # BT.601 limited range
+
+
+class Overlay:
+    """`draw(i420, width, height, now)` stamps '<station>  YYYY-MM-DD HH:MM:SS' top-left."""
+
+    def __init__(self, station_id: str) -> None:
+        self._station_id = station_id
+        self._key: tuple[str, int, int] | None = None
+        self._patch: np.ndarray | None = None
+
+    def text(self, now: datetime) -> str:
+        return f"{self._station_id}  {now:%Y-%m-%d %H:%M:%S}"
+
+    def draw(self, i420: np.ndarray, width: int, height: int, now: datetime) -> None:
+        text = self.text(now)
+        key = (text, width, height)
+        if key != self._key or self._patch is None:
+            self._patch = render_patch(text, width, height)
+            self._key = key
+        patch = self._patch
+        ph, pw = patch.shape
+        margin = _margin(height)
+        y0, x0 = margin, margin
+        i420[y0 : y0 + ph, x0 : x0 + pw] = patch
+        # chroma planes of I420: U then V, each (height/2 x width/2) laid out in rows of width/2
+        u = i420[height : height + height // 4].reshape(height // 2, width // 2)
+        v = i420[height + height // 4 :].reshape(height // 2, width // 2)
+        u[y0 // 2 : (y0 + ph) // 2, x0 // 2 : (x0 + pw) // 2] = UV_NEUTRAL
+        v[y0 // 2 : (y0 + ph) // 2, x0 // 2 : (x0 + pw) // 2] = UV_NEUTRAL
+
+
+def _margin(height: int) -> int:
+    return max(2, (height // 60) & ~1)  # even, so the chroma box lines up with the luma box
+
+
+def render_patch(text: str, width: int, height: int) -> np.ndarray:
+    """Luma patch (even sizes) with the text in white on black, clipped to the frame width."""
+    text_px = max(MIN_TEXT_PX, height * TEXT_HEIGHT_SHARE)
+    scale = text_px / 22.0
+    thickness = max(1, round(text_px / 14))
+    (tw, th), baseline = cv2.getTextSize(text, FONT, scale, thickness)
+    pad = max(2, int(text_px * 0.3))
+    pw = min(tw + 2 * pad, width - 2 * _margin(height)) & ~1
+    ph = (th + baseline + 2 * pad) & ~1
+    patch = np.full((ph, pw), Y_BLACK, np.uint8)
+    cv2.putText(patch, text, (pad, pad + th), FONT, scale, Y_WHITE, thickness, cv2.LINE_AA)
+    return patch

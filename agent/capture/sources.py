@@ -1,0 +1,205 @@
+"""Frame sources: V4L2 cameras, IP cameras, looped files and a synthetic test pattern.
+
+A source is opened, read frame by frame (BGR numpy arrays) and closed. `read()` blocks at most
+about one frame interval and returns None when no frame came; raising `SourceError` means the
+source is broken and the capture loop will reopen it with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class SourceError(Exception):
+    """The source cannot deliver frames (not found, unplugged, stream ended badly)."""
+
+
+class FrameSource(Protocol):
+    description: str
+
+    def open(self) -> None: ...
+
+    def read(self) -> np.ndarray | None: ...
+
+    def close(self) -> None: ...
+
+
+class TestPatternSource:
+    """Synthetic camera: colour bars, a moving disc, a sweeping bar and a running clock.
+
+    Cheap: the static background is drawn once; each frame is one copy plus two small drawings.
+    Paced by the monotonic clock to the requested frame rate, like a real camera.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self,
+        width: int,
+        height: int,
+        fps: int,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.description = f"test pattern {width}x{height}@{fps}"
+        self._width, self._height, self._fps = width, height, fps
+        self._clock, self._sleep = clock, sleep
+        self._background = _bars(width, height)
+        self._index = 0
+        self._next_s = 0.0
+
+    def open(self) -> None:
+        self._next_s = self._clock()
+
+    def read(self) -> np.ndarray | None:
+        delay_s = self._next_s - self._clock()
+        if delay_s > 0:
+            self._sleep(delay_s)
+        self._next_s = max(self._next_s + 1.0 / self._fps, self._clock() - 1.0)
+        frame = self._background.copy()
+        w, h, i = self._width, self._height, self._index
+        phase = i / (self._fps * 4.0)
+        cx = int(w / 2 + w / 3 * math.cos(2 * math.pi * phase))
+        cy = int(h / 2 + h / 4 * math.sin(4 * math.pi * phase))
+        cv2.circle(frame, (cx, cy), max(4, h // 10), (40, 220, 240), -1, cv2.LINE_AA)
+        bar_x = int((i * 4) % w)
+        frame[:, bar_x : bar_x + max(2, w // 160)] = 255
+        cv2.putText(
+            frame, _running_clock(i / self._fps), (w // 20, h - h // 12), cv2.FONT_HERSHEY_SIMPLEX,
+            h / 600, (255, 255, 255), max(1, h // 360), cv2.LINE_AA,
+        )  # fmt: skip
+        self._index += 1
+        return frame
+
+    def close(self) -> None:
+        pass
+
+
+def _running_clock(elapsed_s: float) -> str:
+    minutes, seconds = divmod(elapsed_s, 60.0)
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours:02d}:{minutes:02d}:{seconds:05.2f}"
+
+
+def _bars(width: int, height: int) -> np.ndarray:
+    colours = [
+        (192, 192, 192), (0, 192, 192), (192, 192, 0), (0, 192, 0),
+        (192, 0, 192), (0, 0, 192), (192, 0, 0), (16, 16, 16),
+    ]  # fmt: skip
+    frame = np.zeros((height, width, 3), np.uint8)
+    for k, colour in enumerate(colours):
+        frame[:, k * width // len(colours) : (k + 1) * width // len(colours)] = colour
+    ramp = np.linspace(0, 255, width, dtype=np.uint8)
+    frame[height * 3 // 4 :, :, :] = ramp[None, :, None]
+    return frame
+
+
+class OpenCvSource:
+    """V4L2 cameras, RTSP/HTTP IP cameras and video files through cv2.VideoCapture.
+
+    Files are looped and paced to their own frame rate (a file would otherwise be read as fast as
+    the disk allows). Cameras are asked for MJPG at the configured size and rate.
+    """
+
+    def __init__(self, spec: str, width: int, height: int, fps: int) -> None:
+        self._spec, self._width, self._height, self._fps = spec, width, height, fps
+        self.description = spec
+        self._cap: cv2.VideoCapture | None = None
+        self._is_file = spec.startswith("file:")
+        self._next_s = 0.0
+        self._file_interval_s = 1.0 / fps
+
+    def open(self) -> None:
+        spec = self._spec
+        if spec.startswith("v4l2:"):
+            target = spec.removeprefix("v4l2:")
+            device: int | str = int(target) if target.isdigit() else target
+            cap = cv2.VideoCapture(device, cv2.CAP_V4L2)
+            cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*"MJPG"))
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, self._width)
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self._height)
+            cap.set(cv2.CAP_PROP_FPS, self._fps)
+            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        elif self._is_file:
+            path = Path(spec.removeprefix("file:"))
+            if not path.is_file():
+                raise SourceError(f"video file {path} does not exist")
+            cap = cv2.VideoCapture(str(path))
+            file_fps = cap.get(cv2.CAP_PROP_FPS)
+            self._file_interval_s = 1.0 / (file_fps if 1 <= file_fps <= 120 else self._fps)
+        else:
+            cap = cv2.VideoCapture(spec, cv2.CAP_FFMPEG)
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"cannot open {redact_url(spec)}")
+        self._cap = cap
+        self._next_s = time.monotonic()
+
+    def read(self) -> np.ndarray | None:
+        if self._cap is None:
+            raise SourceError("source is not open")
+        if self._is_file:
+            delay_s = self._next_s - time.monotonic()
+            if delay_s > 0:
+                time.sleep(delay_s)
+            self._next_s = max(self._next_s + self._file_interval_s, time.monotonic() - 1.0)
+        ok, frame = self._cap.read()
+        if ok and frame is not None:
+            return frame
+        if self._is_file:
+            if not Path(self._spec.removeprefix("file:")).is_file():
+                raise SourceError("video file disappeared")
+            self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)  # loop
+            ok, frame = self._cap.read()
+            if ok and frame is not None:
+                return frame
+        raise SourceError(f"{redact_url(self._spec)} stopped delivering frames")
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+def redact_url(spec: str) -> str:
+    """rtsp://user:secret@host/... -> rtsp://user:***@host/... (IP camera URLs carry passwords)."""
+    return _USERINFO.sub(r"\1***@", spec)
+
+
+_USERINFO = re.compile(r"(://[^:/@]+:)[^@/]*@")
+
+
+def open_source(spec: str, width: int, height: int, fps: int) -> FrameSource:
+    """The source for a config `source` string (not yet opened)."""
+    if spec.startswith("test:"):
+        return TestPatternSource(width, height, fps)
+    return OpenCvSource(spec, width, height, fps)
+
+
+def grab_frame(source: str, width: int, height: int, timeout_s: float = 10.0) -> np.ndarray:
+    """One frame from a source (for snapshots, `mask` and `check`); raises SourceError."""
+    src = open_source(source, width, height, fps=30)
+    src.open()
+    try:
+        deadline_s = time.monotonic() + timeout_s
+        frames = 0
+        while time.monotonic() < deadline_s:
+            frame = src.read()
+            if frame is not None:
+                frames += 1
+                if frames >= 3 or not source.startswith("v4l2:"):  # cameras settle exposure
+                    return frame
+        raise SourceError(f"no frame from {redact_url(source)} within {timeout_s:.0f} s")
+    finally:
+        src.close()

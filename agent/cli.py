@@ -1,0 +1,202 @@
+"""The `station-agent` command: run, demo, spool, and the technicians' tools."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import TextIO
+
+from agent import __version__
+from agent.config import (
+    DEFAULT_CONFIG_PATH,
+    AgentConfig,
+    ConfigError,
+    config_from_dict,
+    load_config,
+    load_secrets,
+)
+from agent.encode.ladder import format_bps
+from agent.events import Event, EventFanout
+from agent.pipeline import Pipeline, run_until
+from agent.uplink.spool import SpoolError
+
+log = logging.getLogger("agent")
+
+# Modules that add a subcommand through `add_parser(subparsers)`; missing ones are skipped so a
+# part under construction never breaks the rest of the command.
+SUBCOMMAND_MODULES = (
+    "agent.uplink.spool_cli",
+    "agent.capture.health_cli",
+    "agent.capture.mask_cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="station-agent",
+        description="Polling-station webcam agent: capture, encode, spool, upload, report.",
+    )
+    parser.add_argument("--version", action="version", version=f"station-agent {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the agent (the service)")
+    run.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, help="TOML config")
+    run.set_defaults(func=_run)
+
+    demo = sub.add_parser("demo", help="the whole pipeline on a synthetic camera, locally")
+    demo.add_argument("--duration", type=float, default=None, help="seconds (default: forever)")
+    demo.add_argument("--output", type=Path, default=Path("demo-output"), help="output dir")
+    demo.set_defaults(func=_demo)
+
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            log.debug("subcommand module %s unavailable: %s", name, exc)
+            continue
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def demo_config(output: Path) -> AgentConfig:
+    """The embedded default: synthetic camera, local spool, local upload target."""
+    return config_from_dict(
+        {
+            "station_id": "DEMO-0001",
+            "capture": {"source": "test:", "width": 1280, "height": 720, "fps": 30},
+            "encode": {"bitrate_bps": 2_000_000, "segment_s": 2},
+            "spool": {"path": str(output / "spool"), "max_bytes": "2GB", "min_free_bytes": 0},
+        },
+        source="built-in demo config",
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    return serve(cfg, status_line=False)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    args.output.mkdir(parents=True, exist_ok=True)
+    print(f"demo: writing under {args.output.resolve()}", file=sys.stderr)
+    return serve(demo_config(args.output), status_line=True, duration_s=args.duration)
+
+
+def serve(cfg: AgentConfig, status_line: bool, duration_s: float | None = None) -> int:
+    """Run the pipeline until SIGTERM/SIGINT (or `duration_s`), then stop cleanly: exit 0."""
+    secrets = load_secrets(cfg)
+    events = EventFanout()
+    out = JsonLines(sys.stdout, cfg.station_id)
+    events.subscribe(out.event)
+    pipeline = Pipeline(cfg, secrets, events)
+    stop = threading.Event()
+    reason = ["signal"]
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        reason[0] = signal.Signals(signum).name
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        pipeline.start()
+    except SpoolError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    deadline_s = None if duration_s is None else time.monotonic() + duration_s
+    next_heartbeat_s = time.monotonic()
+
+    def tick() -> None:
+        nonlocal next_heartbeat_s
+        now_s = time.monotonic()
+        status = pipeline.status()
+        if now_s >= next_heartbeat_s:
+            out.heartbeat(status)
+            next_heartbeat_s = now_s + 10
+        if status_line:
+            print(describe(status), file=sys.stderr, flush=True)
+        if deadline_s is not None and now_s >= deadline_s:
+            reason[0] = "demo duration reached"
+            stop.set()
+
+    run_until(pipeline, stop, tick)
+    pipeline.stop(reason[0])
+    return 0
+
+
+def describe(status: dict[str, object]) -> str:
+    """One line for people: fps, bitrate, segments, spool size."""
+    capture = status["capture"]
+    encode = status["encode"]
+    spool = status["spool"]
+    assert isinstance(capture, dict) and isinstance(encode, dict) and isinstance(spool, dict)
+    rung = encode["rung"]
+    return (
+        f"{rung['height']}p{rung['fps']} {capture['state']} in {capture['fps_in']:.1f} fps | "
+        f"{format_bps(float(encode['bitrate_bps_actual']))}bit/s ({encode['encoder']}) | "
+        f"segments {spool['segments']} on disk, {int(spool['bytes']) / 1e6:.1f} MB, "
+        f"lost {spool['lost_segments']}"
+    )
+
+
+class JsonLines:
+    """Heartbeats and events as JSON lines on stdout (no MQTT broker configured)."""
+
+    SCHEMA_VERSION = 1
+
+    def __init__(self, out: TextIO, station_id: str) -> None:
+        self._out = out
+        self._station_id = station_id
+        self._lock = threading.Lock()
+        self._seq = 0
+
+    def _write(self, kind: str, body: dict[str, object]) -> None:
+        from agent.events import utc_now_iso
+
+        line = {"schema": self.SCHEMA_VERSION, "type": kind, "station_id": self._station_id}
+        line |= {"ts": utc_now_iso()} | body
+        with self._lock:
+            self._out.write(json.dumps(line, default=str) + "\n")
+            self._out.flush()
+
+    def event(self, event: Event) -> None:
+        self._write(
+            "event",
+            {
+                "kind": event.kind,
+                "severity": event.severity,
+                "message": event.message,
+                "at": event.at_utc,
+                "fields": event.fields,
+            },
+        )
+
+    def heartbeat(self, status: dict[str, object]) -> None:
+        self._seq += 1
+        self._write("heartbeat", {"seq": self._seq} | status)

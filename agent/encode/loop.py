@@ -1,0 +1,223 @@
+"""The encoding thread: constant output frame rate, overlay, H.264, IDR-aligned segments.
+
+Ticks come from the monotonic clock at the rung's frame rate: each tick takes the newest captured
+frame (repeating the previous one when the camera is slower, showing a "no camera" card when it
+is gone), so the output never stops and timestamps follow real time. When the box falls behind,
+ticks are skipped (counted) but a segment boundary is never skipped: every segment starts with a
+forced IDR at exactly `segment_s` intervals. A new rung is applied at the next boundary.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+import av
+import cv2
+import numpy as np
+
+from agent.capture.capture import Capture, CapturedFrame
+from agent.capture.overlay import Overlay
+from agent.config import EncodeConfig
+from agent.encode.encoder import PTS_HZ, VideoEncoder, open_video_encoder
+from agent.encode.ladder import Rung
+from agent.encode.segmenter import EncodedSegment, SegmentWriter
+from agent.events import Event, EventSink, utc_now_iso
+
+log = logging.getLogger(__name__)
+
+LOAD_EWMA_ALPHA = 0.05  # ~20 frames of memory for the encode-load figure
+FrameObserver = Callable[[float, np.ndarray], None]
+
+
+class EncodeLoop:
+    def __init__(
+        self,
+        station_id: str,
+        cfg: EncodeConfig,
+        capture: Capture,
+        rung: Rung,
+        on_segment: Callable[[EncodedSegment], None],
+        sink: EventSink,
+        stale_after_s: float,
+        observers: list[FrameObserver] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._cfg = cfg
+        self._capture = capture
+        self._rung = rung
+        self._next_rung = rung
+        self._on_segment = on_segment
+        self._sink = sink
+        self._stale_after_s = stale_after_s
+        self._observers = observers or []
+        self._clock = clock
+        self._overlay = Overlay(station_id)
+        self._writer = SegmentWriter()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._placeholders: dict[tuple[int, int], np.ndarray] = {}
+        self._last_observed_index = -1
+        self.encoder_name = ""
+        self.frames_out = 0
+        self.ticks_skipped = 0
+        self.segments = 0
+        self.load = 0.0  # encode time per frame / frame interval (EWMA); > 1 means behind
+        self.last_bitrate_bps = 0.0
+        self.last_progress_s = clock()
+        self.error: str | None = None
+
+    # -- control ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="encode", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Finish the current segment (up to its boundary), flush, and return."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def set_rung(self, rung: Rung) -> None:
+        """Takes effect at the next segment boundary."""
+        with self._lock:
+            self._next_rung = rung
+
+    @property
+    def rung(self) -> Rung:
+        return self._rung
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def status(self) -> dict[str, object]:
+        return {
+            "encoder": self.encoder_name,
+            "rung": self._rung.as_dict(),
+            "bitrate_bps_actual": round(self.last_bitrate_bps),
+            "encode_ms_per_frame": round(self.load * 1000.0 / self._rung.fps, 2),
+            "load": round(self.load, 3),
+            "frames_out": self.frames_out,
+            "ticks_skipped": self.ticks_skipped,
+            "segments": self.segments,
+        }
+
+    # -- the thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._encode_until_stopped()
+        except Exception as exc:  # the supervisor sees `alive` go false and restarts us
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.exception("encoder loop died")
+            self._sink.emit(Event("encoder_failed", "critical", f"encoder stopped: {exc}"))
+
+    def _open(self, rung: Rung) -> VideoEncoder:
+        gop = max(1, round(self._cfg.segment_s * rung.fps))
+        encoder = open_video_encoder(
+            self._cfg.encoder, rung, self._cfg.preset, self._cfg.threads, gop
+        )
+        if encoder.name != self.encoder_name:
+            log.info("encoding with %s", encoder.name)
+            self.encoder_name = encoder.name
+        return encoder
+
+    def _encode_until_stopped(self) -> None:
+        rung = self._rung
+        encoder = self._open(rung)
+        per_segment = max(1, round(self._cfg.segment_s * rung.fps))
+        t0_s, tick, pts_base, segment_index = self._clock(), 0, 0, -1
+        discontinuity = True  # the first segment of a run never continues an earlier one
+        while True:
+            target_s = t0_s + tick / rung.fps
+            delay_s = target_s - self._clock()
+            if delay_s > 0:
+                time.sleep(delay_s)  # pacing: a tick is at most one frame interval away
+            pts = pts_base + round(tick * PTS_HZ / rung.fps)
+            keyframe = tick // per_segment != segment_index
+            if keyframe:
+                if self._writer.open:
+                    self._finish_segment(pts)
+                if self._stop.is_set():
+                    self._flush(encoder)
+                    return
+                with self._lock:
+                    wanted = self._next_rung
+                if wanted != rung:
+                    self._flush(encoder)
+                    encoder = self._open(wanted)
+                    if not wanted.same_picture(rung):
+                        # new size or fps: restart the tick grid at this boundary
+                        per_segment = max(1, round(self._cfg.segment_s * wanted.fps))
+                        t0_s, tick, pts_base = target_s, 0, pts
+                        discontinuity = True
+                    log.info("rung %s -> %s", rung.name, wanted.name)
+                    rung = self._rung = wanted
+                segment_index = tick // per_segment
+                self._writer.begin(rung, utc_now_iso(), pts, encoder.name, discontinuity)
+                discontinuity = False
+            started_s = self._clock()
+            i420 = self._prepare(self._capture.latest(), rung, started_s)
+            self._writer.add(encoder.encode(i420, pts, keyframe))
+            self.frames_out += 1
+            done_s = self._clock()
+            self.last_progress_s = done_s
+            cost = (done_s - started_s) * rung.fps
+            self.load += LOAD_EWMA_ALPHA * (cost - self.load)
+            tick = self._next_tick(tick, t0_s, rung.fps, per_segment, done_s)
+
+    def _next_tick(self, tick: int, t0_s: float, fps: int, per_segment: int, now_s: float) -> int:
+        """The next tick to encode: skip ticks we are late for, but never a boundary."""
+        due = int((now_s - t0_s) * fps)
+        next_boundary = (tick // per_segment + 1) * per_segment
+        following = min(max(tick + 1, due), next_boundary)
+        self.ticks_skipped += following - tick - 1
+        return following
+
+    def _finish_segment(self, end_pts: int) -> None:
+        segment = self._writer.finish(end_pts)
+        self.segments += 1
+        if segment.duration_s > 0:
+            self.last_bitrate_bps = len(segment.data) * 8 / segment.duration_s
+        self._on_segment(segment)
+
+    def _flush(self, encoder: VideoEncoder) -> None:
+        try:
+            encoder.flush()  # zerolatency keeps no frames back; this only closes the context
+        except av.FFmpegError as exc:
+            log.warning("flushing the encoder failed: %s", exc)
+
+    def _prepare(self, frame: CapturedFrame | None, rung: Rung, now_s: float) -> np.ndarray:
+        """Newest frame -> rung size -> I420 with the overlay burnt in."""
+        w, h = rung.width, rung.height
+        if frame is None or now_s - frame.captured_s > self._stale_after_s:
+            image = self._placeholder(w, h)
+        else:
+            if frame.index != self._last_observed_index:
+                self._last_observed_index = frame.index
+                for observe in self._observers:
+                    observe(frame.captured_s, frame.image)
+            image = frame.image
+            if image.shape[1] != w or image.shape[0] != h:
+                image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+        i420 = cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420)
+        self._overlay.draw(i420, w, h, datetime.now().astimezone())
+        return i420
+
+    def _placeholder(self, width: int, height: int) -> np.ndarray:
+        card = self._placeholders.get((width, height))
+        if card is None:
+            card = np.full((height, width, 3), 48, np.uint8)
+            scale = max(0.5, height / 360)
+            cv2.putText(
+                card, "NO CAMERA SIGNAL", (width // 8, height // 2), cv2.FONT_HERSHEY_SIMPLEX,
+                scale, (255, 255, 255), max(1, round(scale * 2)), cv2.LINE_AA,
+            )  # fmt: skip
+            self._placeholders = {(width, height): card}
+        return card

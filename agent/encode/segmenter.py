@@ -1,0 +1,82 @@
+"""Cut encoded packets into MPEG-TS segments, each starting with an IDR frame.
+
+Each segment is muxed into its own in-memory MPEG-TS container (a few MB at most), so the spool
+writes it in one go and hashes exactly the bytes that go upstream.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import av
+
+from agent.encode.encoder import PTS_HZ, TIME_BASE
+from agent.encode.ladder import Rung
+
+
+@dataclass(frozen=True)
+class EncodedSegment:
+    data: bytes
+    started_utc: str  # wall clock of the first frame, for people and PROGRAM-DATE-TIME
+    start_pts: int  # 1/90000 s
+    duration_s: float
+    rung: Rung
+    frames: int
+    encoder: str
+    discontinuity: bool  # timestamps or format do not continue from the previous segment
+
+
+class SegmentWriter:
+    """begin() -> add(packets)... -> finish(end_pts) -> EncodedSegment."""
+
+    def __init__(self) -> None:
+        self._buffer: io.BytesIO | None = None
+        self._container: av.container.OutputContainer | None = None
+        self._stream: av.VideoStream | None = None
+        self._meta: tuple[str, int, Rung, str, bool] | None = None
+        self._frames = 0
+
+    @property
+    def open(self) -> bool:
+        return self._container is not None
+
+    def begin(
+        self, rung: Rung, started_utc: str, start_pts: int, encoder: str, discontinuity: bool
+    ) -> None:
+        self._buffer = io.BytesIO()
+        container = av.open(self._buffer, "w", format="mpegts")
+        stream = container.add_stream("h264", rate=rung.fps)
+        stream.width, stream.height, stream.pix_fmt = rung.width, rung.height, "yuv420p"
+        stream.time_base = TIME_BASE
+        self._container, self._stream = container, stream
+        self._meta = (started_utc, start_pts, rung, encoder, discontinuity)
+        self._frames = 0
+
+    def add(self, packets: list[av.Packet]) -> None:
+        if self._container is None or self._stream is None:
+            raise RuntimeError("add() before begin()")
+        for packet in packets:
+            packet.stream = self._stream
+            packet.time_base = TIME_BASE
+            self._container.mux(packet)
+            self._frames += 1
+
+    def finish(self, end_pts: int) -> EncodedSegment:
+        if self._container is None or self._buffer is None or self._meta is None:
+            raise RuntimeError("finish() before begin()")
+        self._container.close()
+        started_utc, start_pts, rung, encoder, discontinuity = self._meta
+        segment = EncodedSegment(
+            data=self._buffer.getvalue(),
+            started_utc=started_utc,
+            start_pts=start_pts,
+            duration_s=(end_pts - start_pts) / PTS_HZ,
+            rung=rung,
+            frames=self._frames,
+            encoder=encoder,
+            discontinuity=discontinuity,
+        )
+        self._container = self._stream = self._buffer = None
+        self._meta = None
+        return segment

@@ -1,0 +1,151 @@
+"""Wires the parts together and owns startup and shutdown.
+
+capture thread -> encode thread -> spool writer thread -> (uplinks) ; status snapshot for
+telemetry. Shutdown: the encoder finishes its current segment, the spool writer drains, the
+uplinks stop, telemetry says goodbye.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from agent import __version__
+from agent.capture.capture import Capture
+from agent.capture.sources import open_source
+from agent.config import AgentConfig, Secrets
+from agent.encode.ladder import Rung
+from agent.encode.loop import EncodeLoop
+from agent.encode.segmenter import EncodedSegment
+from agent.events import Event, EventFanout
+from agent.uplink.spool import Spool, SpoolError
+
+log = logging.getLogger(__name__)
+
+SPOOL_QUEUE_SEGMENTS = 8  # segments waiting for a slow disk before the encoder blocks
+SPOOL_RETRY_S = 1.0
+
+
+class Pipeline:
+    def __init__(self, cfg: AgentConfig, secrets: Secrets, events: EventFanout) -> None:
+        self.cfg = cfg
+        self.secrets = secrets
+        self.events = events
+        self.started_mono_s = time.monotonic()
+        self.spool = Spool(
+            cfg.spool.path,
+            uplinks=self._uplink_names(),
+            max_bytes=cfg.spool.max_bytes,
+            min_free_bytes=cfg.spool.min_free_bytes,
+            sink=events,
+        )
+        capture_cfg = cfg.capture
+        self.capture = Capture(
+            capture_cfg,
+            events,
+            source_factory=lambda: open_source(
+                capture_cfg.source, capture_cfg.width, capture_cfg.height, capture_cfg.fps
+            ),
+        )
+        self.encode = EncodeLoop(
+            cfg.station_id,
+            cfg.encode,
+            self.capture,
+            self.initial_rung(),
+            on_segment=self._enqueue_segment,
+            sink=events,
+            stale_after_s=capture_cfg.stall_timeout_s,
+        )
+        self._segments: queue.Queue[EncodedSegment | None] = queue.Queue(SPOOL_QUEUE_SEGMENTS)
+        self._spool_thread = threading.Thread(target=self._write_segments, name="spool")
+        self.segments_stored = 0
+        self.last_stored_s = time.monotonic()
+
+    def _uplink_names(self) -> list[str]:
+        return []
+
+    def initial_rung(self) -> Rung:
+        c = self.cfg.capture
+        return Rung(c.width, c.height, c.fps, self.cfg.encode.bitrate_bps)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        report = self.spool.open()
+        log.info(
+            "spool %s opened; next segment %d; recovery clean: %s",
+            self.cfg.spool.path, self.spool.next_seq(), report.clean,
+        )  # fmt: skip
+        self._spool_thread.start()
+        self.capture.start()
+        self.encode.start()
+        self.events.emit(
+            Event(
+                "started",
+                "info",
+                f"station-agent {__version__} started",
+                {"version": __version__, "source": self.cfg.capture.source},
+            )
+        )
+
+    def stop(self, reason: str = "stopped") -> None:
+        self.events.emit(Event("stopping", "info", f"stopping: {reason}", {"reason": reason}))
+        self.encode.stop(timeout_s=self.cfg.encode.segment_s * 3 + 5)
+        self.capture.stop()
+        self._segments.put(None)
+        self._spool_thread.join(timeout=60)
+        self.spool.close()
+
+    # -- spool writer ----------------------------------------------------------------------
+
+    def _enqueue_segment(self, segment: EncodedSegment) -> None:
+        self._segments.put(segment)  # blocks only when the disk is 8 segments behind
+
+    def _write_segments(self) -> None:
+        while True:
+            segment = self._segments.get()
+            if segment is None:
+                return
+            self._store(segment)
+
+    def _store(self, segment: EncodedSegment) -> None:
+        """Store with retries: a full or failing disk is reported, and retried until it works
+        or shutdown; the segment stays in memory meanwhile."""
+        failures = 0
+        while True:
+            try:
+                self.spool.add(segment)
+                self.segments_stored += 1
+                self.last_stored_s = time.monotonic()
+                return
+            except (OSError, SpoolError) as exc:
+                failures += 1
+                log.error("cannot store segment (attempt %d): %s", failures, exc)
+                if failures == 1:
+                    self.events.emit(
+                        Event("spool_write_failed", "critical", f"cannot store segment: {exc}")
+                    )
+                time.sleep(SPOOL_RETRY_S)
+
+    # -- status ----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        now_s = time.monotonic()
+        capture = self.capture.status(now_s)
+        capture["fps_out"] = self.cfg.capture.fps
+        return {
+            "uptime_s": round(now_s - self.started_mono_s, 1),
+            "capture": capture,
+            "encode": self.encode.status(),
+            "spool": self.spool.stats(),
+        }
+
+
+def run_until(pipeline: Pipeline, stop: threading.Event, tick: Callable[[], None]) -> None:
+    """The main supervision loop: calls `tick` every second until `stop` is set."""
+    while not stop.wait(1.0):
+        tick()

@@ -1,0 +1,415 @@
+"""The crash-safe segment spool: every recorded second stays on disk until the upstream has it.
+
+Write order for each segment: temp file -> fsync -> rename -> fsync(dir) -> index row committed
+(SQLite, WAL, synchronous=FULL). So after kill -9 or a power cut, no half-written file is ever
+indexed and no indexed segment is missing; a renamed file whose row never committed is a
+leftover that the next start reports and removes (its sequence number is then reused, so the
+sequence has no hole). Rows stay after their file is evicted: the hash chain and the archive
+playlist keep their history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.encode.ladder import Rung
+from agent.encode.segmenter import EncodedSegment
+from agent.events import Event, EventSink, utc_now_iso
+from agent.uplink.eviction import StoredSegment, choose_evictions
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS segments (
+    seq INTEGER PRIMARY KEY,
+    started_utc TEXT NOT NULL,
+    duration_s REAL NOT NULL,
+    bytes INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    prev_sha256 TEXT NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    fps INTEGER NOT NULL,
+    bitrate_bps INTEGER NOT NULL,
+    encoder TEXT NOT NULL,
+    discontinuity INTEGER NOT NULL,
+    evicted INTEGER NOT NULL DEFAULT 0,
+    created_utc TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS uploads (
+    seq INTEGER NOT NULL,
+    uplink TEXT NOT NULL,
+    uploaded_utc TEXT NOT NULL,
+    PRIMARY KEY (seq, uplink)
+);
+CREATE TABLE IF NOT EXISTS lost (
+    seq INTEGER PRIMARY KEY,
+    bytes INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    lost_utc TEXT NOT NULL
+);
+"""
+GENESIS_SHA256 = "0" * 64  # prev_sha256 of the very first segment
+SEGMENT_DIR = "segments"
+INDEX_FILE = "index.sqlite"
+
+
+class SpoolError(Exception):
+    """The spool cannot be used (unwritable directory, broken index)."""
+
+
+@dataclass(frozen=True)
+class SegmentRecord:
+    seq: int
+    started_utc: str
+    duration_s: float
+    nbytes: int
+    sha256: str
+    prev_sha256: str
+    rung: Rung
+    encoder: str
+    discontinuity: bool
+    evicted: bool
+    uploaded_to: tuple[str, ...]
+
+    @property
+    def file_name(self) -> str:
+        return segment_file_name(self.seq)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "seq": self.seq,
+            "started_utc": self.started_utc,
+            "duration_s": self.duration_s,
+            "bytes": self.nbytes,
+            "sha256": self.sha256,
+            "prev_sha256": self.prev_sha256,
+            "rung": self.rung.as_dict(),
+            "encoder": self.encoder,
+            "discontinuity": self.discontinuity,
+            "evicted": self.evicted,
+            "uploaded_to": list(self.uploaded_to),
+        }
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    removed_temp_files: list[str]
+    removed_unindexed_files: list[str]
+    missing_files: list[int]
+
+    @property
+    def clean(self) -> bool:
+        return not (self.removed_temp_files or self.removed_unindexed_files or self.missing_files)
+
+
+def segment_file_name(seq: int) -> str:
+    return f"{seq:08d}.ts"
+
+
+class Spool:
+    """Thread-safe: the encoder adds, uploaders read and mark, telemetry reads stats."""
+
+    def __init__(
+        self,
+        path: Path,
+        uplinks: Sequence[str],
+        max_bytes: int,
+        min_free_bytes: int,
+        sink: EventSink,
+        disk_free: Callable[[Path], int] | None = None,
+    ) -> None:
+        self.path = path
+        self.segment_dir = path / SEGMENT_DIR
+        self.uplinks = tuple(uplinks)
+        self._max_bytes = max_bytes
+        self._min_free_bytes = min_free_bytes
+        self._sink = sink
+        self._disk_free = disk_free or (lambda p: shutil.disk_usage(p).free)
+        self._lock = threading.RLock()
+        self._added = threading.Condition(self._lock)
+        self._db: sqlite3.Connection | None = None
+        self.recovery: RecoveryReport | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def open(self) -> RecoveryReport:
+        try:
+            self.segment_dir.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(
+                self.path / INDEX_FILE, check_same_thread=False, isolation_level=None
+            )
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")  # a committed row survives a power cut
+            db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise SpoolError(f"cannot open the spool at {self.path}: {exc}") from exc
+        self._db = db
+        self.recovery = self._recover()
+        return self.recovery
+
+    @classmethod
+    def open_read_only(cls, path: Path) -> Spool:
+        """For `spool ls/verify` while the agent may be running: no recovery, no writes."""
+        spool = cls(path, uplinks=(), max_bytes=2**62, min_free_bytes=0, sink=_NullSink())
+        index = path / INDEX_FILE
+        if not index.is_file():
+            raise SpoolError(f"{path} is not a spool (no {INDEX_FILE} in it)")
+        try:
+            spool._db = sqlite3.connect(f"file:{index}?mode=ro", uri=True, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise SpoolError(f"cannot read {index}: {exc}") from exc
+        return spool
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise SpoolError("spool is not open")
+        return self._db
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
+    def _recover(self) -> RecoveryReport:
+        temps, unindexed, missing = [], [], []
+        indexed = {
+            seq: bool(evicted)
+            for seq, evicted in self.db.execute("SELECT seq, evicted FROM segments")
+        }
+        for entry in sorted(self.segment_dir.iterdir()):
+            if entry.name.endswith(".tmp"):
+                entry.unlink()
+                temps.append(entry.name)
+            elif entry.suffix == ".ts":
+                seq = int(entry.stem) if entry.stem.isdigit() else None
+                if seq is None or seq not in indexed or indexed[seq]:
+                    entry.unlink()
+                    unindexed.append(entry.name)
+        for seq, evicted in indexed.items():
+            if not evicted and not (self.segment_dir / segment_file_name(seq)).exists():
+                missing.append(seq)
+        for seq in missing:
+            self._record_loss(seq, "file missing at start (disk failure?)")
+        _fsync_dir(self.segment_dir)
+        report = RecoveryReport(temps, unindexed, missing)
+        if not report.clean:
+            log.warning(
+                "spool recovery: removed %d temp and %d unindexed file(s); %d segment(s) missing",
+                len(temps), len(unindexed), len(missing),
+            )  # fmt: skip
+            self._sink.emit(
+                Event(
+                    "spool_recovered",
+                    "warning" if missing else "info",
+                    "spool cleaned up after an unclean stop",
+                    {
+                        "removed_temp_files": len(temps),
+                        "removed_unindexed_files": len(unindexed),
+                        "missing_segments": missing,
+                    },
+                )
+            )
+        return report
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def next_seq(self) -> int:
+        with self._lock:
+            row = self.db.execute("SELECT MAX(seq) FROM segments").fetchone()
+            return 0 if row[0] is None else int(row[0]) + 1
+
+    def add(self, segment: EncodedSegment) -> SegmentRecord:
+        """Store a segment durably and index it; then enforce the quota."""
+        with self._lock:
+            seq = self.next_seq()
+            row = self.db.execute("SELECT sha256 FROM segments WHERE seq = ?", (seq - 1,))
+            prev = row.fetchone()
+            prev_sha = prev[0] if prev else GENESIS_SHA256
+            sha = hashlib.sha256(segment.data).hexdigest()
+            self._make_room(incoming_bytes=len(segment.data))
+            final = self.segment_dir / segment_file_name(seq)
+            temp = final.with_suffix(".ts.tmp")
+            _write_durably(temp, final, segment.data)
+            rung = segment.rung
+            with self._transaction() as db:
+                db.execute(
+                    "INSERT INTO segments (seq, started_utc, duration_s, bytes, sha256,"
+                    " prev_sha256, width, height, fps, bitrate_bps, encoder, discontinuity,"
+                    " created_utc) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        seq, segment.started_utc, segment.duration_s, len(segment.data), sha,
+                        prev_sha, rung.width, rung.height, rung.fps, rung.bitrate_bps,
+                        segment.encoder, int(segment.discontinuity), utc_now_iso(),
+                    ),
+                )  # fmt: skip
+            self._added.notify_all()
+            return self.get(seq)
+
+    def _make_room(self, incoming_bytes: int) -> None:
+        """Evict before writing, so the new segment fits the quota and the free-disk floor."""
+        stored = [
+            StoredSegment(seq, nbytes, self._uploaded_everywhere(seq))
+            for seq, nbytes in self.db.execute(
+                "SELECT seq, bytes FROM segments WHERE evicted = 0 ORDER BY seq"
+            )
+        ]
+        victims = choose_evictions(
+            stored,
+            self._max_bytes - incoming_bytes,
+            self._disk_free(self.path) - incoming_bytes,
+            self._min_free_bytes,
+        )
+        for victim in victims:
+            (self.segment_dir / segment_file_name(victim.seq)).unlink(missing_ok=True)
+            self.db.execute("UPDATE segments SET evicted = 1 WHERE seq = ?", (victim.seq,))
+            if not victim.uploaded:
+                self._record_loss(victim.seq, "spool full: evicted before upload")
+
+    def _record_loss(self, seq: int, reason: str) -> None:
+        row = self.db.execute("SELECT bytes FROM segments WHERE seq = ?", (seq,)).fetchone()
+        nbytes = int(row[0]) if row else 0
+        self.db.execute("UPDATE segments SET evicted = 1 WHERE seq = ?", (seq,))
+        self.db.execute(
+            "INSERT OR REPLACE INTO lost (seq, bytes, reason, lost_utc) VALUES (?,?,?,?)",
+            (seq, nbytes, reason, utc_now_iso()),
+        )
+        log.error("segment %d lost: %s", seq, reason)
+        self._sink.emit(
+            Event(
+                "segment_dropped",
+                "critical",
+                f"segment {seq} was deleted before upload: {reason}",
+                {"seq": seq, "bytes": nbytes, "reason": reason},
+            )
+        )
+
+    def _uploaded_everywhere(self, seq: int) -> bool:
+        if not self.uplinks:
+            return True
+        row = self.db.execute("SELECT COUNT(*) FROM uploads WHERE seq = ?", (seq,)).fetchone()
+        return int(row[0]) >= len(self.uplinks)
+
+    def mark_uploaded(self, seq: int, uplink: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO uploads (seq, uplink, uploaded_utc) VALUES (?,?,?)",
+                (seq, uplink, utc_now_iso()),
+            )
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, seq: int) -> SegmentRecord:
+        records = self._select("WHERE s.seq = ?", (seq,))
+        if not records:
+            raise KeyError(seq)
+        return records[0]
+
+    def segments(self, since_seq: int = 0) -> list[SegmentRecord]:
+        return self._select("WHERE s.seq >= ?", (since_seq,))
+
+    def pending(self, uplink: str) -> list[SegmentRecord]:
+        """Segments on disk that `uplink` does not have yet, oldest first."""
+        return self._select(
+            "WHERE s.evicted = 0 AND NOT EXISTS"
+            " (SELECT 1 FROM uploads u WHERE u.seq = s.seq AND u.uplink = ?)",
+            (uplink,),
+        )
+
+    def _select(self, where: str, args: tuple[object, ...]) -> list[SegmentRecord]:
+        # `where` is one of this module's constants; values are bound parameters
+        query = (
+            "SELECT s.seq, s.started_utc, s.duration_s, s.bytes, s.sha256, s.prev_sha256,"  # noqa: S608
+            " s.width, s.height, s.fps, s.bitrate_bps, s.encoder, s.discontinuity, s.evicted,"
+            " (SELECT group_concat(u.uplink) FROM uploads u WHERE u.seq = s.seq)"
+            f" FROM segments s {where} ORDER BY s.seq"
+        )
+        with self._lock:
+            rows = self.db.execute(query, args).fetchall()
+        return [
+            SegmentRecord(
+                seq=r[0], started_utc=r[1], duration_s=r[2], nbytes=r[3], sha256=r[4],
+                prev_sha256=r[5], rung=Rung(r[6], r[7], r[8], r[9]), encoder=r[10],
+                discontinuity=bool(r[11]), evicted=bool(r[12]),
+                uploaded_to=tuple(sorted(r[13].split(","))) if r[13] else (),
+            )
+            for r in rows
+        ]  # fmt: skip
+
+    def read(self, seq: int) -> bytes:
+        return (self.segment_dir / segment_file_name(seq)).read_bytes()
+
+    def lost(self) -> list[tuple[int, str, str]]:
+        with self._lock:
+            return list(self.db.execute("SELECT seq, reason, lost_utc FROM lost ORDER BY seq"))
+
+    def wait_for_segment(self, after_seq: int, timeout_s: float) -> bool:
+        """Block until a segment with seq > after_seq exists (or timeout)."""
+        with self._added:
+            return self._added.wait_for(lambda: self.next_seq() > after_seq + 1, timeout_s)
+
+    def stats(self) -> dict[str, object]:
+        with self._lock:
+            stored = self.db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(bytes), 0), COALESCE(SUM(duration_s), 0)"
+                " FROM segments WHERE evicted = 0"
+            ).fetchone()
+            lost = self.db.execute("SELECT COUNT(*) FROM lost").fetchone()[0]
+            last = self.db.execute("SELECT MAX(seq) FROM segments").fetchone()[0]
+        return {
+            "segments": stored[0],
+            "bytes": stored[1],
+            "seconds": round(stored[2], 3),
+            "lost_segments": lost,
+            "last_seq": last,
+            "disk_free_bytes": self._disk_free(self.path),
+        }
+
+
+class _NullSink:
+    def emit(self, event: Event) -> None:
+        log.debug("read-only spool event dropped: %s", event.kind)
+
+
+def _write_durably(temp: Path, final: Path, data: bytes) -> None:
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, final)
+    _fsync_dir(final.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
