@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import Any, TextIO
 
 from agent import __version__
 from agent.config import (
@@ -150,12 +150,9 @@ def serve(cfg: AgentConfig, status_line: bool, duration_s: float | None = None) 
     return 0
 
 
-def describe(status: dict[str, object]) -> str:
+def describe(status: dict[str, Any]) -> str:
     """One line for people: fps, bitrate, segments, spool size."""
-    capture = status["capture"]
-    encode = status["encode"]
-    spool = status["spool"]
-    assert isinstance(capture, dict) and isinstance(encode, dict) and isinstance(spool, dict)
+    capture, encode, spool = status["capture"], status["encode"], status["spool"]
     rung = encode["rung"]
     return (
         f"{rung['height']}p{rung['fps']} {capture['state']} in {capture['fps_in']:.1f} fps | "
