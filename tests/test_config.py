@@ -1,0 +1,103 @@
+"""Bad configurations stop the program before anything starts: exit 2, one line naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from agentrun import agent_config, write_toml
+
+from agent.cli import main
+from agent.config import ConfigError, load_config, parse_size
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+@pytest.mark.parametrize(
+    ("mutate", "key", "words"),
+    [
+        (lambda d: d.pop("station_id"), "station_id", "required"),
+        (lambda d: d.update(station_id="bad id/1"), "station_id", "pattern"),
+        (lambda d: d["capture"].update(fps="thirty"), "capture.fps", "integer"),
+        (lambda d: d["capture"].update(fps=240), "capture.fps", "less than or equal"),
+        (lambda d: d["capture"].update(width=641), "capture.width", "even"),
+        (lambda d: d["capture"].update(source="webcam0"), "capture.source", "must start"),
+        (lambda d: d["capture"].update(framerate=30), "capture.framerate", "not a known"),
+        (lambda d: d.update(colour="red"), "colour", "not a known"),
+        (lambda d: d["spool"].update(max_bytes="lots"), "spool.max_bytes", "not a size"),
+        (lambda d: d["encode"].update(segment_s=0.1), "encode.segment_s", "greater than"),
+        (lambda d: d["encode"].update(preset="warp"), "encode.preset", "Input should be"),
+    ],
+)
+def test_bad_key_exits_2_with_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mutate: object, key: str, words: str
+) -> None:
+    data = agent_config(tmp_path)
+    mutate(data)  # type: ignore[operator]
+    path = write_toml(tmp_path / "station.toml", data)
+    code, err = run_cli(["run", "--config", str(path)], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert str(path) in lines[0] and f"'{key}'" in lines[0] and words in lines[0], lines[0]
+    assert not (tmp_path / "spool").exists(), "nothing may start on a bad config"
+
+
+def test_unreadable_and_not_toml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nope.toml"
+    code, err = run_cli(["run", "--config", str(missing)], capsys)
+    assert code == 2 and str(missing) in err and "cannot read" in err
+    garbage = tmp_path / "garbage.toml"
+    garbage.write_text("station_id = \n[capture\n")
+    code, err = run_cli(["run", "--config", str(garbage)], capsys)
+    assert code == 2 and "not valid TOML" in err and len(err.strip().splitlines()) == 1
+
+
+def test_real_process_prints_no_traceback(tmp_path: Path) -> None:
+    data = agent_config(tmp_path)
+    data["capture"]["fps"] = 0
+    path = write_toml(tmp_path / "station.toml", data)
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "run", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "'capture.fps'" in result.stderr
+
+
+def test_example_config_is_valid() -> None:
+    example = Path(__file__).parent.parent / "provisioning" / "station.example.toml"
+    cfg = load_config(example)
+    assert cfg.station_id and cfg.spool.max_bytes == 20 * 10**9
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("20GB", 20 * 10**9), ("512 MiB", 512 * 2**20), ("1.5GB", 1_500_000_000), (42, 42)],
+)
+def test_sizes(text: object, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+def test_secret_file_problems_name_the_file_not_the_content(tmp_path: Path) -> None:
+    from agent.config import config_from_dict, load_secrets
+
+    token = tmp_path / "token"
+    token.write_text("")
+    cfg = config_from_dict(
+        agent_config(tmp_path, uplink={"http": {"url": "http://x/", "token_file": str(token)}})
+    )
+    with pytest.raises(ConfigError, match="token.*empty"):
+        load_secrets(cfg)
+    token.write_text("hunter2\n")
+    assert load_secrets(cfg).http_token is not None
+    assert "hunter2" not in repr(load_secrets(cfg))

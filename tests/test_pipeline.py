@@ -1,0 +1,199 @@
+"""Frames in, playable segments on disk: judged by the real ffprobe."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from agentrun import agent_config, wait_until
+from servers import ffprobe_json
+
+from agent.capture.capture import Capture
+from agent.capture.sources import SourceError
+from agent.config import AgentConfig, CaptureConfig, Secrets, config_from_dict
+from agent.encode.ladder import Rung
+from agent.events import EventFanout, RecordingSink
+from agent.pipeline import Pipeline
+from agent.uplink.spool import Spool
+
+FPS = 15
+FRAME_S = 1 / FPS
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[tuple[Pipeline, RecordingSink]]:
+    pipeline, sink = make_pipeline(config_from_dict(agent_config(tmp_path)))
+    pipeline.start()
+    yield pipeline, sink
+    if pipeline.encode.alive:
+        pipeline.stop("test over")
+
+
+def make_pipeline(cfg: AgentConfig) -> tuple[Pipeline, RecordingSink]:
+    events, sink = EventFanout(), RecordingSink()
+    events.subscribe(sink.emit)
+    return Pipeline(cfg, Secrets(), events), sink
+
+
+def stopped_spool(pipeline: Pipeline) -> Spool:
+    """The spool of a stopped pipeline, opened again read-only (as `spool ls` does)."""
+    return Spool.open_read_only(pipeline.cfg.spool.path)
+
+
+def segment_files(spool: Spool) -> list[Path]:
+    return [spool.segment_dir / r.file_name for r in spool.segments()]
+
+
+def test_segments_are_playable_h264_with_keyframe_first(
+    running: tuple[Pipeline, RecordingSink], tmp_path: Path
+) -> None:
+    pipeline, _ = running
+    assert wait_until(lambda: pipeline.segments_stored >= 4, timeout_s=30)
+    pipeline.stop("test over")
+    spool = stopped_spool(pipeline)
+    records = spool.segments()
+    files = segment_files(spool)
+    assert len(files) >= 4
+    for record, path in zip(records, files, strict=True):
+        probe = ffprobe_json(path, show_frames=True)
+        (stream,) = probe["streams"]
+        assert stream["codec_name"] == "h264"
+        assert (stream["width"], stream["height"]) == (320, 240)
+        frames = probe["frames"]
+        assert frames[0]["key_frame"] == 1 and frames[0]["pict_type"] == "I"
+        assert abs(record.duration_s - 1.0) <= FRAME_S + 1e-6
+        probed_s = float(frames[-1]["pts_time"]) - float(frames[0]["pts_time"]) + FRAME_S
+        assert abs(probed_s - 1.0) <= FRAME_S + 1e-6, probed_s
+
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(b"".join(p.read_bytes() for p in files))
+    frames = ffprobe_json(joined, show_frames=True)["frames"]
+    pts = [float(f["pts_time"]) for f in frames]
+    assert all(b > a for a, b in zip(pts, pts[1:], strict=False)), "timestamps must increase"
+    total_s = pts[-1] - pts[0] + FRAME_S
+    assert abs(total_s - sum(r.duration_s for r in records)) <= FRAME_S + 1e-6
+    with av.open(str(joined)) as container:
+        decoded = sum(1 for _ in container.decode(video=0))
+    assert decoded == len(frames)
+
+
+def test_rung_change_applies_at_next_boundary_without_gap(
+    running: tuple[Pipeline, RecordingSink],
+) -> None:
+    pipeline, _ = running
+    assert wait_until(lambda: pipeline.segments_stored >= 2, timeout_s=30)
+    small = Rung(160, 120, 10, 150_000)
+    pipeline.encode.set_rung(small)
+    assert wait_until(
+        lambda: any(r.rung == small for r in pipeline.spool.segments()[-1:]), timeout_s=30
+    )
+    assert wait_until(lambda: pipeline.spool.segments()[-1].seq >= 4, timeout_s=30)
+    pipeline.stop("test over")
+    spool = stopped_spool(pipeline)
+    records = spool.segments()
+    assert [r.seq for r in records] == list(range(len(records)))
+    sizes = [(r.rung.width, r.rung.height) for r in records]
+    switch = sizes.index((160, 120))
+    assert switch >= 2 and all(s == (160, 120) for s in sizes[switch:])
+    assert records[switch].discontinuity
+    starts = []
+    for path in segment_files(spool):
+        probe = ffprobe_json(path)
+        assert (probe["streams"][0]["width"], probe["streams"][0]["height"]) in {
+            (320, 240),
+            (160, 120),
+        }
+        starts.append(float(probe["format"]["start_time"]))
+    for k in range(1, len(records)):
+        expected = starts[k - 1] + records[k - 1].duration_s
+        assert abs(starts[k] - expected) <= FRAME_S + 1e-6, (k, starts[k], expected)
+
+
+def write_video(path: Path, seconds: float, fps: int = 15) -> None:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        rng = np.random.default_rng(1)
+        for i in range(int(seconds * fps)):
+            img = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
+            img[:, (i * 5) % 320 :] //= 2
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+def test_file_source_that_disappears_is_reopened_and_run_goes_on(tmp_path: Path) -> None:
+    video = tmp_path / "camera.mp4"
+    write_video(video, seconds=1.0)
+    cfg = config_from_dict(
+        agent_config(
+            tmp_path,
+            capture={"source": f"file:{video}", "stall_timeout_s": 1, "reconnect_max_s": 1},
+        )
+    )
+    pipeline, sink = make_pipeline(cfg)
+    pipeline.start()
+    try:
+        assert wait_until(lambda: pipeline.capture.frames_in > 5, timeout_s=20)
+        hidden = tmp_path / "hidden.mp4"
+        shutil.move(video, hidden)
+        assert sink.wait_for("camera_lost", timeout_s=20) is not None
+        stored_during_outage = pipeline.segments_stored
+        assert wait_until(lambda: pipeline.segments_stored >= stored_during_outage + 2, 20)
+        status = pipeline.status()["capture"]
+        assert status["state"] == "reconnecting" and status["outage_since_utc"] is not None
+        shutil.move(hidden, video)
+        assert sink.wait_for("camera_restored", timeout_s=20) is not None
+        status = pipeline.status()["capture"]
+        assert status["outages"] == 1 and status["recent_outages"][0]["end_utc"] is not None
+    finally:
+        pipeline.stop("test over")
+    assert pipeline.encode.alive is False and pipeline.encode.error is None
+
+
+class FlakyCamera:
+    """A real FrameSource that fails to open its first `failures` times, then delivers."""
+
+    description = "flaky camera"
+
+    def __init__(self, state: dict[str, int]) -> None:
+        self._state = state
+
+    def open(self) -> None:
+        self._state["opens"] += 1
+        if self._state["opens"] <= self._state["failures"]:
+            raise SourceError(f"device busy (open #{self._state['opens']})")
+
+    def read(self) -> np.ndarray | None:
+        return np.zeros((24, 32, 3), np.uint8)
+
+    def close(self) -> None:
+        pass
+
+
+def test_camera_that_errors_n_times_is_reopened_with_one_outage() -> None:
+    state = {"opens": 0, "failures": 4}
+    sink = RecordingSink()
+    capture = Capture(
+        CaptureConfig(source="v4l2:/dev/video9", reconnect_max_s=1),
+        sink,
+        source_factory=lambda: FlakyCamera(state),
+        rng=random.Random(7),
+    )
+    capture.start()
+    try:
+        assert wait_until(lambda: capture.frames_in > 3, timeout_s=20)
+    finally:
+        capture.stop()
+    assert state["opens"] == 5
+    assert sink.kinds().count("camera_lost") == 1
+    assert sink.kinds().count("camera_restored") == 1
+    outage = capture.outages[0]
+    assert outage.end_utc is not None and outage.duration_s is not None
+    assert "device busy" in outage.reason

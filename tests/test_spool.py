@@ -1,0 +1,139 @@
+"""The spool: quota and eviction policy, hash chain, recovery of leftovers, verify."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.encode.ladder import Rung
+from agent.encode.segmenter import EncodedSegment
+from agent.events import RecordingSink
+from agent.uplink.eviction import StoredSegment, choose_evictions
+from agent.uplink.spool import Spool
+from agent.uplink.spool_cli import verify_spool
+
+RUNG = Rung(320, 240, 15, 300_000)
+
+
+def segment(nbytes: int, tag: int) -> EncodedSegment:
+    data = bytes([tag % 256]) * nbytes
+    return EncodedSegment(data, "2026-11-23T10:00:00.000Z", tag * 90_000, 1.0, RUNG, 15, "x", False)
+
+
+def open_spool(path: Path, max_bytes: int, sink: RecordingSink, free: int = 10**12) -> Spool:
+    spool = Spool(path, ["http"], max_bytes, min_free_bytes=0, sink=sink, disk_free=lambda p: free)
+    spool.open()
+    return spool
+
+
+def on_disk(spool: Spool) -> int:
+    return sum(p.stat().st_size for p in spool.segment_dir.glob("*.ts"))
+
+
+def test_quota_evicts_uploaded_first_then_pending_with_loss_reported(tmp_path: Path) -> None:
+    sink = RecordingSink()
+    spool = open_spool(tmp_path, max_bytes=3_500, sink=sink)
+    for tag in range(3):
+        spool.add(segment(1_000, tag))
+    spool.mark_uploaded(1, "http")  # 0 and 2 still pending
+    spool.add(segment(1_000, 3))  # over quota: the uploaded one (1) goes, nothing is lost
+    assert on_disk(spool) <= 3_500
+    assert [r.seq for r in spool.pending("http")] == [0, 2, 3]
+    assert spool.lost() == [] and "segment_dropped" not in sink.kinds()
+    spool.add(segment(1_000, 4))  # nothing uploaded is left: the oldest pending one is lost
+    assert on_disk(spool) <= 3_500
+    assert [seq for seq, _, _ in spool.lost()] == [0]
+    dropped = sink.wait_for("segment_dropped", timeout_s=0)
+    assert dropped is not None and dropped.fields["seq"] == 0 and dropped.severity == "critical"
+    assert verify_spool(tmp_path, spool) == []
+
+
+def test_free_disk_floor_is_kept(tmp_path: Path) -> None:
+    sink = RecordingSink()
+    disk_bytes = 8_000  # a tiny disk: what the segments do not use is free
+    spool = Spool(
+        tmp_path, [], 10**9, min_free_bytes=5_000, sink=sink,
+        disk_free=lambda p: disk_bytes - on_disk(spool),
+    )  # fmt: skip
+    spool.open()
+    for tag in range(6):
+        spool.add(segment(1_000, tag))
+        assert disk_bytes - on_disk(spool) >= 5_000
+    assert len([r for r in spool.segments() if not r.evicted]) == 3
+    assert spool.lost() == []  # no uplink: nothing was pending
+
+
+def test_sequence_and_hash_chain_continue_across_restart(tmp_path: Path) -> None:
+    sink = RecordingSink()
+    spool = open_spool(tmp_path, 10**9, sink)
+    first = spool.add(segment(500, 1))
+    spool.close()
+    spool = open_spool(tmp_path, 10**9, sink)
+    second = spool.add(segment(700, 2))
+    assert second.seq == first.seq + 1
+    assert second.prev_sha256 == first.sha256 == hashlib.sha256(bytes([1]) * 500).hexdigest()
+    assert verify_spool(tmp_path, spool) == []
+
+
+def test_leftovers_are_removed_and_reported_on_open(tmp_path: Path) -> None:
+    sink = RecordingSink()
+    spool = open_spool(tmp_path, 10**9, sink)
+    spool.add(segment(500, 1))
+    spool.close()
+    (tmp_path / "segments" / "00000001.ts.tmp").write_bytes(b"half")  # killed mid-write
+    (tmp_path / "segments" / "00000001.ts").write_bytes(b"renamed, row never committed")
+    spool = Spool(tmp_path, ["http"], 10**9, 0, sink, disk_free=lambda p: 10**12)
+    report = spool.open()
+    assert report.removed_temp_files == ["00000001.ts.tmp"]
+    assert report.removed_unindexed_files == ["00000001.ts"]
+    assert "spool_recovered" in sink.kinds()
+    assert spool.next_seq() == 1 and verify_spool(tmp_path, spool) == []
+
+
+def test_verify_finds_corruption_and_broken_chain(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path, 10**9, RecordingSink())
+    for tag in range(3):
+        spool.add(segment(400, tag))
+    path = tmp_path / "segments" / "00000001.ts"
+    path.write_bytes(b"X" + path.read_bytes()[1:])
+    spool.db.execute("UPDATE segments SET prev_sha256 = ? WHERE seq = 2", ("f" * 64,))
+    (tmp_path / "segments" / "00000099.ts").write_bytes(b"stray")
+    problems = verify_spool(tmp_path, spool)
+    assert any("segment 1" in p and "SHA-256" in p for p in problems)
+    assert any("segment 2" in p and "chain" in p for p in problems)
+    assert any("00000099.ts" in p for p in problems)
+
+
+segments_strategy = st.lists(
+    st.tuples(st.integers(1, 5_000), st.booleans()), min_size=0, max_size=40
+).map(lambda xs: [StoredSegment(seq, n, up) for seq, (n, up) in enumerate(xs)])
+
+
+@given(
+    segments_strategy,
+    st.integers(0, 100_000),
+    st.integers(0, 100_000),
+    st.integers(0, 50_000),
+)
+def test_eviction_never_drops_pending_while_uploaded_remains(
+    segments: list[StoredSegment], max_bytes: int, free_bytes: int, min_free: int
+) -> None:
+    chosen = choose_evictions(segments, max_bytes, free_bytes, min_free)
+    chosen_seqs = {s.seq for s in chosen}
+    kept_uploaded = [s for s in segments if s.uploaded and s.seq not in chosen_seqs]
+    if any(not s.uploaded for s in chosen):
+        assert kept_uploaded == [], "a pending segment went while an uploaded one stayed"
+    # oldest first within each class
+    for kind in (True, False):
+        seqs = [s.seq for s in chosen if s.uploaded is kind]
+        assert seqs == sorted(seqs)
+    # enough is freed (or everything went), and no more than needed
+    total = sum(s.nbytes for s in segments)
+    freed = sum(s.nbytes for s in chosen)
+    excess = max(total - max_bytes, min_free - free_bytes, 0)
+    assert freed >= excess or len(chosen) == len(segments)
+    if chosen:
+        assert freed - chosen[-1].nbytes < excess
