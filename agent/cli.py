@@ -92,6 +92,7 @@ def demo_config(output: Path) -> AgentConfig:
             "capture": {"source": "test:", "width": 1280, "height": 720, "fps": 30},
             "encode": {"bitrate_bps": 2_000_000, "segment_s": 2},
             "spool": {"path": str(output / "spool"), "max_bytes": "2GB", "min_free_bytes": 0},
+            "uplink": {"http": {"url": f"file://{output.resolve() / 'upstream'}"}},
         },
         source="built-in demo config",
     )
@@ -99,7 +100,7 @@ def demo_config(output: Path) -> AgentConfig:
 
 def _run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
-    return serve(cfg, status_line=False)
+    return serve(cfg, status_line=False, config_path=args.config)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -108,7 +109,12 @@ def _demo(args: argparse.Namespace) -> int:
     return serve(demo_config(args.output), status_line=True, duration_s=args.duration)
 
 
-def serve(cfg: AgentConfig, status_line: bool, duration_s: float | None = None) -> int:
+def serve(
+    cfg: AgentConfig,
+    status_line: bool,
+    duration_s: float | None = None,
+    config_path: Path | None = None,
+) -> int:
     """Run the pipeline until SIGTERM/SIGINT (or `duration_s`), then stop cleanly: exit 0."""
     secrets = load_secrets(cfg)
     events = EventFanout()
@@ -122,8 +128,13 @@ def serve(cfg: AgentConfig, status_line: bool, duration_s: float | None = None) 
         reason[0] = signal.Signals(signum).name
         stop.set()
 
+    def on_hangup(_signum: int, _frame: FrameType | None) -> None:
+        reload_requested.set()
+
+    reload_requested = threading.Event()
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     try:
         pipeline.start()
     except SpoolError as exc:
@@ -135,6 +146,9 @@ def serve(cfg: AgentConfig, status_line: bool, duration_s: float | None = None) 
     def tick() -> None:
         nonlocal next_heartbeat_s
         now_s = time.monotonic()
+        if reload_requested.is_set():
+            reload_requested.clear()
+            _reload_secrets(pipeline, config_path)
         status = pipeline.status()
         if now_s >= next_heartbeat_s:
             out.heartbeat(status)
@@ -150,6 +164,16 @@ def serve(cfg: AgentConfig, status_line: bool, duration_s: float | None = None) 
     return 0
 
 
+def _reload_secrets(pipeline: Pipeline, config_path: Path | None) -> None:
+    """SIGHUP: re-read the secret files (the rest of the config needs a restart)."""
+    try:
+        cfg = load_config(config_path) if config_path else pipeline.cfg
+        pipeline.reload_secrets(load_secrets(cfg))
+        log.info("credentials reloaded")
+    except ConfigError as exc:
+        log.error("reload failed, keeping the old credentials: %s", exc)
+
+
 def describe(status: dict[str, Any]) -> str:
     """One line for people: fps, bitrate, segments, spool size."""
     capture, encode, spool = status["capture"], status["encode"], status["spool"]
@@ -158,8 +182,14 @@ def describe(status: dict[str, Any]) -> str:
         f"{rung['height']}p{rung['fps']} {capture['state']} in {capture['fps_in']:.1f} fps | "
         f"{format_bps(float(encode['bitrate_bps_actual']))}bit/s ({encode['encoder']}) | "
         f"segments {spool['segments']} on disk, {int(spool['bytes']) / 1e6:.1f} MB, "
-        f"lost {spool['lost_segments']}"
+        f"lost {spool['lost_segments']}" + _describe_uplink(status.get("uplink"))
     )
+
+
+def _describe_uplink(uplink: dict[str, Any] | None) -> str:
+    if uplink is None:
+        return ""
+    return f" | uploaded {uplink['uploaded']}, backlog {uplink['backlog_segments']}"
 
 
 class JsonLines:

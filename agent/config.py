@@ -17,9 +17,11 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    FilePath,
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 DEFAULT_CONFIG_PATH = Path("/etc/station-agent/config.toml")
@@ -114,19 +116,31 @@ class HttpUplinkConfig(Section):
     token_file: Path | None = None
     username: str | None = None
     password_file: Path | None = None
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    live_window: int = Field(6, ge=3, le=60)
-    backoff_max_s: float = Field(30.0, ge=1, le=600)
-    rejected_backoff_s: float = Field(60.0, ge=5, le=3600)
+    ca_file: FilePath | None = None
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
+    live_window: int = Field(6, ge=3, le=60)  # segments in live.m3u8
+    archive_interval_s: float = Field(30.0, ge=0, le=3600)  # archive.m3u8 rewrite interval
+    backoff_max_s: float = Field(30.0, ge=0.1, le=600)
+    rejected_backoff_s: float = Field(60.0, ge=0.5, le=3600)
 
     @field_validator("url")
     @classmethod
     def _scheme(cls, value: str) -> str:
-        if not re.match(r"^(https?://[^/]+|file://)", value):
-            raise ValueError(f"{value!r} must be an http://, https:// or file:// URL")
+        if not re.match(r"^(https?://[^/@]+(/|$)|file:///?)", value):
+            raise ValueError(
+                f"{value!r} must be an http://, https:// or file:// URL without user:password "
+                "(credentials go in token_file or password_file)"
+            )
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _client_cert_pair(self) -> HttpUplinkConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (client certificate)")
+        if self.password_file is not None and not self.username:
+            raise ValueError("password_file needs a username (basic auth)")
+        return self
 
 
 class UplinkConfig(Section):

@@ -23,11 +23,15 @@ from agent.encode.loop import EncodeLoop
 from agent.encode.segmenter import EncodedSegment
 from agent.events import Event, EventFanout
 from agent.uplink.spool import Spool, SpoolError
+from agent.uplink.targets import HttpTarget, open_target
+from agent.uplink.throughput import ThroughputEstimator
+from agent.uplink.uploader import SegmentUploader
 
 log = logging.getLogger(__name__)
 
 SPOOL_QUEUE_SEGMENTS = 8  # segments waiting for a slow disk before the encoder blocks
 SPOOL_RETRY_S = 1.0
+UPLOAD_DRAIN_S = 5.0  # at a clean stop, give pending uploads this long before closing
 
 
 class Pipeline:
@@ -60,13 +64,20 @@ class Pipeline:
             sink=events,
             stale_after_s=capture_cfg.stall_timeout_s,
         )
+        self.estimator = ThroughputEstimator()
+        self.uploader: SegmentUploader | None = None
+        if cfg.uplink.http is not None:
+            target = open_target(cfg.uplink.http, cfg.station_id, secrets, cfg.encode.segment_s)
+            self.uploader = SegmentUploader(
+                cfg.uplink.http, target, self.spool, events, self.estimator
+            )
         self._segments: queue.Queue[EncodedSegment | None] = queue.Queue(SPOOL_QUEUE_SEGMENTS)
         self._spool_thread = threading.Thread(target=self._write_segments, name="spool")
         self.segments_stored = 0
         self.last_stored_s = time.monotonic()
 
     def _uplink_names(self) -> list[str]:
-        return []
+        return ["http"] if self.cfg.uplink.http is not None else []
 
     def initial_rung(self) -> Rung:
         c = self.cfg.capture
@@ -83,6 +94,8 @@ class Pipeline:
         self._spool_thread.start()
         self.capture.start()
         self.encode.start()
+        if self.uploader is not None:
+            self.uploader.start()
         self.events.emit(
             Event(
                 "started",
@@ -98,7 +111,16 @@ class Pipeline:
         self.capture.stop()
         self._segments.put(None)
         self._spool_thread.join(timeout=60)
+        if self.uploader is not None:
+            self.uploader.stop(drain_s=UPLOAD_DRAIN_S)
         self.spool.close()
+
+    def reload_secrets(self, secrets: Secrets) -> None:
+        """SIGHUP: a technician fixed a credential file; uploads pick it up at once."""
+        self.secrets = secrets
+        if self.uploader is not None and isinstance(self.uploader.target, HttpTarget):
+            self.uploader.target.set_credentials(secrets)
+            self.uploader.wake()
 
     # -- spool writer ----------------------------------------------------------------------
 
@@ -142,6 +164,7 @@ class Pipeline:
             "capture": capture,
             "encode": self.encode.status(),
             "spool": self.spool.stats(),
+            "uplink": None if self.uploader is None else self.uploader.status(now_s),
         }
 
 

@@ -13,16 +13,18 @@ no clock and does no I/O. Call it once per segment boundary. Rules, in order:
    less than live_min_share * usable, so backfill cannot starve the live edge (a huge backlog is
    then cleared with what live leaves, more slowly). When the live edge itself lags (older live
    segments still unsent), the link delivered at most current_bitrate * segment_s /
-   (segment_s + lag) lately, and the budget is capped at margin times that.
+   lag lately, and the budget is capped at margin times that.
 5. Down fast: when the budget is below the current rung, go at once to the highest rung whose
    bitrate fits the budget (several steps if needed).
 6. Up careful: one rung at a time, only when the next rung fits `up_margin` (< margin) of the
    estimate after backfill, the live edge does not lag, the CPU cap allows it, this has held for
    `up_after_s`, and the last step down is `hold_after_down_s` old. The gap between margin and
    up_margin is the hysteresis that keeps a constant link from flapping.
-7. Trim: with `bitrate_trim`, the bitrate is raised within the chosen rung towards the budget
-   (5 % steps, capped below the next rung's bitrate), so a coarse ladder still uses the link.
-   A trim is a bitrate-only change: same picture, no new encoder context.
+7. Trim: with `bitrate_trim`, the bitrate of the chosen picture is raised towards the budget
+   (3 % steps, up at least 6 % at a time, down at once; at most the next rung's bitrate times
+   margin/up_margin, never above the top rung's bitrate), so a coarse ladder and the up
+   hysteresis still use the link. A trim is a bitrate-only change:
+   same picture, no new encoder context, not counted as a switch.
 """
 
 from __future__ import annotations
@@ -39,10 +41,11 @@ from agent.encode.ladder import (
     rung_label,
 )
 
-# The live edge counts as lagging once a whole older segment is still unsent.
-LAG_TRIGGER_SEGMENTS = 1.0
+# The live edge counts as lagging once two older segments are still unsent (one can be a single
+# large segment; a stalled upload already lowers the estimate through the in-flight bound).
+LAG_TRIGGER_SEGMENTS = 2.0
 # Bitrate trim granularity (5 %), and the rise needed before a trim goes up again (2 steps).
-TRIM_STEP = 1.05
+TRIM_STEP = 1.03
 TRIM_UP_STEPS = 2
 # After a CPU overload, aim the picture at this load (headroom below cpu_high_load).
 CPU_TARGET_SHARE = 0.75
@@ -177,7 +180,7 @@ class RungController:
             why += f", backfill {format_bps(backfill_bps)}"
         segment_s = max(inputs.segment_s, 1e-3)
         if inputs.live_lag_s >= LAG_TRIGGER_SEGMENTS * segment_s:
-            delivered_bps = self._current.bitrate_bps * segment_s / (segment_s + inputs.live_lag_s)
+            delivered_bps = self._current.bitrate_bps * segment_s / inputs.live_lag_s
             budget_bps = min(budget_bps, self._cfg.margin * delivered_bps)
             why += f", live lag {inputs.live_lag_s:.1f}s"
         return budget_bps, why
@@ -251,8 +254,11 @@ class RungController:
         if not self._cfg.bitrate_trim or self._index + 1 >= len(self._ladder):
             self._trim_steps = 0
             return rung
-        ceiling_bps = self._ladder[self._index + 1].bitrate_bps / TRIM_STEP
-        target_bps = min(budget_bps, ceiling_bps)
+        # Within the hysteresis band (next rung fits margin but not yet up_margin) trim freely;
+        # beyond it the picture steps up soon, so a small picture never gets a huge bitrate.
+        next_bps = self._ladder[self._index + 1].bitrate_bps
+        ceiling_bps = next_bps * self._cfg.margin / self._cfg.up_margin
+        target_bps = min(budget_bps, ceiling_bps, self._ladder[-1].bitrate_bps)
         steps = 0
         if target_bps >= rung.bitrate_bps * TRIM_STEP:
             steps = math.floor(math.log(target_bps / rung.bitrate_bps, TRIM_STEP))

@@ -358,6 +358,21 @@ class Spool:
             for r in rows
         ]  # fmt: skip
 
+    def newest_uploaded(self, uplink: str) -> int | None:
+        with self._lock:
+            row = self.db.execute("SELECT MAX(seq) FROM uploads WHERE uplink = ?", (uplink,))
+            value = row.fetchone()[0]
+        return None if value is None else int(value)
+
+    def discontinuities_before(self, seq: int) -> int:
+        """Segments after the first that start a new run or format, before `seq`."""
+        with self._lock:
+            row = self.db.execute(
+                "SELECT COUNT(*) FROM segments WHERE discontinuity = 1 AND seq > 0 AND seq < ?",
+                (seq,),
+            ).fetchone()
+        return int(row[0])
+
     def read(self, seq: int) -> bytes:
         return (self.segment_dir / segment_file_name(seq)).read_bytes()
 

@@ -8,9 +8,12 @@ backfill uploads does not outvote a minute of live uploads. Model: Shaka Player'
 EwmaBandwidthEstimator (fast/slow half-lives, minimum sample size), and aiortc's rate.py for the
 shape (pure, `now_s` passed in).
 
-Uploads that are still running bound the estimate too: if N bytes have not arrived after t
-seconds, the link carries less than 8*N/t bit/s. That catches a collapse before the slow upload
-finishes. Failures (timeouts, refused connections) count toward `offline()`.
+Uploads that are still running count too, so a collapse shows before the slow upload finishes.
+Without progress reports: if N bytes have not arrived after t seconds, the link carries less
+than 8*N/t bit/s. With `upload_progress` (bytes handed to the socket so far), an upload that
+runs late (LATE_FACTOR times what the estimate predicts) caps the estimate at the rate it made
+over the last RATE_WINDOW_S. Both only ever lower the estimate. Failures (timeouts, refused
+connections) count toward `offline()`.
 
 Thread-safe (one lock): the uploader thread feeds it, the encoder thread reads it.
 """
@@ -19,7 +22,8 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 # Half-lives in seconds of wall time. Shaka Player uses 2 s / 5 s for a player that downloads
 # back to back; an agent uploads one segment every segment_s, so the slow one is longer.
@@ -33,6 +37,13 @@ MIN_SAMPLE_BYTES = 16_000
 MIN_TOTAL_BYTES = 100_000
 # A running upload bounds the estimate once it has taken this long beyond the link's latency.
 STALL_MIN_S = 0.5
+# A running upload with progress reports caps the estimate once it takes this many times what
+# the estimate predicts, at its rate over the last RATE_WINDOW_S. 1.25: a drop to below 80 % of
+# the estimate shows within one upload; kernel socket buffers make shorter windows unreliable.
+LATE_FACTOR = 1.25
+RATE_WINDOW_S = 1.0
+# Progress points kept per running upload (enough for a few RATE_WINDOW_S at ~4 reports/s).
+MAX_PROGRESS_POINTS = 32
 # Consecutive failed uploads after which the uplink counts as offline.
 OFFLINE_AFTER_FAILURES = 2
 # A single sample never weighs more than this much wall time (a sample after a long idle gap
@@ -53,10 +64,14 @@ class _Ewma:
         self.value = keep * self.value + (1.0 - keep) * sample
 
 
-@dataclass(frozen=True)
+@dataclass
 class _InFlight:
     started_s: float
     nbytes: int
+    # (now_s, bytes sent) reports from upload_progress, oldest first.
+    progress: deque[tuple[float, int]] = field(
+        default_factory=lambda: deque(maxlen=MAX_PROGRESS_POINTS)
+    )
 
 
 class ThroughputEstimator:
@@ -113,6 +128,13 @@ class ThroughputEstimator:
             self._in_flight[self._next_ticket] = _InFlight(now_s, nbytes)
             return self._next_ticket
 
+    def upload_progress(self, ticket: int, now_s: float, nbytes_sent: int) -> None:
+        """Optional: `nbytes_sent` of the upload `ticket` have been handed to the socket."""
+        with self._lock:
+            flight = self._in_flight.get(ticket)
+            if flight is not None:
+                flight.progress.append((now_s, nbytes_sent))
+
     def upload_finished(self, ticket: int, now_s: float, ok: bool) -> None:
         """The upload of `ticket` ended: a sample when `ok`, a failure otherwise."""
         with self._lock:
@@ -135,7 +157,7 @@ class ThroughputEstimator:
             fast, slow = self._fast.value, self._slow.value
             if self._total_bytes >= self._min_total_bytes and fast is not None and slow is not None:
                 estimate = min(fast, slow)
-            bound = self._in_flight_bound(now_s)
+            bound = self._in_flight_bound(now_s, estimate)
         if bound is not None and (estimate is None or bound < estimate):
             return bound
         return estimate
@@ -150,7 +172,7 @@ class ThroughputEstimator:
         with self._lock:
             return self._latency.value
 
-    def _in_flight_bound(self, now_s: float) -> float | None:
+    def _in_flight_bound(self, now_s: float, estimate: float | None) -> float | None:
         latency_s = self._latency.value or 0.0
         count = len(self._in_flight)
         bound: float | None = None
@@ -160,5 +182,19 @@ class ThroughputEstimator:
                 continue
             # Each of `count` uploads gets about 1/count of the link.
             rate_bps = 8.0 * flight.nbytes * count / elapsed_s
+            late = estimate is not None and elapsed_s > LATE_FACTOR * 8.0 * flight.nbytes / estimate
+            if flight.progress and late:
+                rate_bps = min(rate_bps, count * _window_rate_bps(flight, now_s, latency_s))
             bound = rate_bps if bound is None else min(bound, rate_bps)
         return bound
+
+
+def _window_rate_bps(flight: _InFlight, now_s: float, latency_s: float) -> float:
+    """Rate of `flight` over about the last RATE_WINDOW_S, from its progress reports."""
+    sent_bytes = flight.progress[-1][1]
+    ref_s, ref_bytes = flight.started_s + latency_s, 0
+    for point_s, point_bytes in flight.progress:
+        if point_s > now_s - RATE_WINDOW_S:
+            break
+        ref_s, ref_bytes = point_s, point_bytes
+    return 8.0 * max(0, sent_bytes - ref_bytes) / max(now_s - ref_s, 1e-3)

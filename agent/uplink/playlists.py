@@ -1,0 +1,87 @@
+"""HLS media playlists from the spool's records: pure functions, no I/O.
+
+Media sequence numbers are the spool's sequence numbers: every seq in a playlist's range has an
+entry, so a segment keeps its number from one reload to the next. A segment the upstream does
+not have (not yet backfilled, or lost) is listed with EXT-X-GAP so players skip it (HLS
+version 8); when backfill brings it, the next rewrite lists it normally. EXT-X-DISCONTINUITY
+marks a new run of the agent or a change of picture size/frame rate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+HLS_VERSION = 8  # EXT-X-GAP
+ARCHIVE_DATE_EVERY = 30  # archive: PROGRAM-DATE-TIME every 30 segments (and at every break)
+
+
+@dataclass(frozen=True)
+class Entry:
+    seq: int
+    file_name: str
+    duration_s: float
+    started_utc: str
+    discontinuity: bool
+    available: bool  # the upstream has it
+
+
+def _header(entries: Sequence[Entry], first_seq: int, discontinuity_seq: int) -> list[str]:
+    target = max((math.ceil(e.duration_s) for e in entries), default=1)
+    return [
+        "#EXTM3U",
+        f"#EXT-X-VERSION:{HLS_VERSION}",
+        f"#EXT-X-TARGETDURATION:{max(1, target)}",
+        f"#EXT-X-MEDIA-SEQUENCE:{first_seq}",
+        f"#EXT-X-DISCONTINUITY-SEQUENCE:{discontinuity_seq}",
+        "#EXT-X-INDEPENDENT-SEGMENTS",
+    ]
+
+
+def _entry_lines(entry: Entry, with_date: bool, tag_discontinuity: bool) -> list[str]:
+    lines = []
+    if tag_discontinuity:
+        lines.append("#EXT-X-DISCONTINUITY")
+    if with_date:
+        lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{entry.started_utc}")
+    if not entry.available:
+        lines.append("#EXT-X-GAP")
+    lines.append(f"#EXTINF:{entry.duration_s:.3f},")
+    lines.append(entry.file_name)
+    return lines
+
+
+def render_live(entries: Sequence[Entry], discontinuity_seq: int, ended: bool) -> str:
+    """The sliding window at the live edge: `entries` are consecutive seqs, oldest first,
+    ending at the newest segment the upstream has. PROGRAM-DATE-TIME on every segment.
+
+    Every segment after seq 0 that starts a new run or picture format carries its
+    DISCONTINUITY tag, also as the first of the window, so `discontinuity_seq` is the number of
+    such segments with 0 < seq < the window's first seq (`Spool.discontinuities_before`)."""
+    if not entries:
+        raise ValueError("a live playlist needs at least one segment")
+    lines = _header(entries, entries[0].seq, discontinuity_seq)
+    for entry in entries:
+        tag = entry.discontinuity and entry.seq > 0
+        lines += _entry_lines(entry, with_date=True, tag_discontinuity=tag)
+    if ended:
+        lines.append("#EXT-X-ENDLIST")
+    return "\n".join(lines) + "\n"
+
+
+def render_archive(entries: Sequence[Entry], ended: bool) -> str:
+    """Every segment from the first, in order; gaps marked; ENDLIST after a clean stop."""
+    if not entries:
+        raise ValueError("an archive playlist needs at least one segment")
+    lines = _header(entries, entries[0].seq, 0)
+    previous: Entry | None = None
+    for k, entry in enumerate(entries):
+        broke = previous is None or entry.discontinuity or not previous.available
+        with_date = broke or not entry.available or k % ARCHIVE_DATE_EVERY == 0
+        tag = entry.discontinuity and k > 0
+        lines += _entry_lines(entry, with_date=with_date, tag_discontinuity=tag)
+        previous = entry
+    if ended:
+        lines.append("#EXT-X-ENDLIST")
+    return "\n".join(lines) + "\n"

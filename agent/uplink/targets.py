@@ -1,0 +1,173 @@
+"""Where segments and playlists go: an HTTP server that accepts PUT, or a local directory.
+
+Both take `put(name, data, content_type, sha256)` for `{station_id}/{name}` and raise
+`RetryableUploadError` (the link or the server is unwell: try again later) or
+`RejectedUploadError` (the server said no: wrong credential, wrong path; back off long, keep
+the data, tell central staff). Secrets are held as SecretStr and never logged.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import ssl
+import time
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import quote
+
+import httpx
+
+from agent.config import HttpUplinkConfig, Secrets
+
+RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504, 507}
+MAX_RETRY_AFTER_S = 300.0  # a server asking for longer than this is treated as 5 minutes
+
+
+class RetryableUploadError(Exception):
+    def __init__(self, reason: str, retry_after_s: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after_s = retry_after_s
+
+
+class RejectedUploadError(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class UploadTarget(Protocol):
+    description: str
+
+    def put(self, name: str, data: bytes, content_type: str, sha256: str | None) -> None: ...
+
+    def delete(self, name: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def parse_retry_after(value: str | None, now_epoch_s: float) -> float | None:
+    """Retry-After as seconds (delta-seconds or an HTTP date), clamped to [0, 300]."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER_S)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, min(when.timestamp() - now_epoch_s, MAX_RETRY_AFTER_S))
+
+
+class HttpTarget:
+    """PUT over one pooled httpx connection (keep-alive: no reconnect per request)."""
+
+    def __init__(
+        self, cfg: HttpUplinkConfig, station_id: str, secrets: Secrets, segment_s: float
+    ) -> None:
+        self._base = f"{cfg.url}/{quote(station_id)}"
+        self.description = cfg.url
+        self._cfg = cfg
+        # connect within about one segment; writes may be slow on a thin link but must move
+        timeout = httpx.Timeout(
+            connect=max(2.0, segment_s), write=max(10.0, 5 * segment_s),
+            read=max(10.0, 5 * segment_s), pool=max(2.0, segment_s),
+        )  # fmt: skip
+        self._client = httpx.Client(
+            timeout=timeout,
+            verify=_tls_context(cfg),
+            headers={"User-Agent": "station-agent"},
+            follow_redirects=False,
+        )
+        self.set_credentials(secrets)
+
+    def set_credentials(self, secrets: Secrets) -> None:
+        """Called again after the technician fixes a credential (SIGHUP reload)."""
+        self._auth: httpx.Auth | None = None
+        self._bearer: str | None = None
+        if secrets.http_token is not None:
+            self._bearer = secrets.http_token.get_secret_value()
+        elif self._cfg.username and secrets.http_password is not None:
+            self._auth = httpx.BasicAuth(
+                self._cfg.username, secrets.http_password.get_secret_value()
+            )
+
+    def _headers(self, content_type: str | None = None) -> dict[str, str]:
+        headers = {}
+        if self._bearer:
+            headers["Authorization"] = f"Bearer {self._bearer}"
+        if content_type:
+            headers["Content-Type"] = content_type
+        return headers
+
+    def put(self, name: str, data: bytes, content_type: str, sha256: str | None) -> None:
+        headers = self._headers(content_type)
+        if sha256:
+            headers["X-Content-SHA256"] = sha256
+        if content_type.startswith("application/vnd.apple.mpegurl"):
+            headers["Cache-Control"] = "max-age=1"  # the CDN must not hold a live playlist
+        self._send("PUT", name, data, headers)
+
+    def delete(self, name: str) -> None:
+        self._send("DELETE", name, None, self._headers())
+
+    def _send(self, method: str, name: str, data: bytes | None, headers: dict[str, str]) -> None:
+        url = f"{self._base}/{name}"
+        try:
+            response = self._client.request(
+                method, url, content=data, headers=headers, auth=self._auth
+            )
+        except httpx.TransportError as exc:  # connect/read/write errors and timeouts
+            raise RetryableUploadError(f"{type(exc).__name__}: {exc or 'no detail'}") from exc
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        reason = f"{method} {name}: HTTP {status} {response.reason_phrase}"
+        if status in RETRYABLE_STATUS:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+            raise RetryableUploadError(reason, retry_after)
+        raise RejectedUploadError(status, reason)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _tls_context(cfg: HttpUplinkConfig) -> ssl.SSLContext | bool:
+    if not cfg.url.startswith("https://"):
+        return True
+    context = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+    if cfg.cert_file is not None and cfg.key_file is not None:
+        context.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
+    return context
+
+
+class FileTarget:
+    """file://DIR: the same layout in a local directory (the demo's upstream)."""
+
+    def __init__(self, url: str, station_id: str) -> None:
+        self._dir = Path(url.removeprefix("file://")) / station_id
+        self.description = url
+
+    def put(self, name: str, data: bytes, content_type: str, sha256: str | None) -> None:
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True)
+            temp = self._dir / f".{name}.part"
+            temp.write_bytes(data)
+            os.replace(temp, self._dir / name)  # readers never see half a playlist
+        except OSError as exc:
+            raise RetryableUploadError(f"writing {self._dir / name}: {exc}") from exc
+
+    def delete(self, name: str) -> None:
+        (self._dir / name).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        pass
+
+
+def open_target(
+    cfg: HttpUplinkConfig, station_id: str, secrets: Secrets, segment_s: float
+) -> UploadTarget:
+    if cfg.url.startswith("file://"):
+        return FileTarget(cfg.url, station_id)
+    return HttpTarget(cfg, station_id, secrets, segment_s)

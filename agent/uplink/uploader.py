@@ -1,0 +1,311 @@
+"""SegmentUploader: pushes every spooled segment upstream, live edge first, backlog backfilled.
+
+One worker thread and one keep-alive connection. Each round picks the newest segment if the
+upstream lacks it (viewers stay live), otherwise the oldest missing one (the archive fills in
+order), PUTs it, marks it uploaded in the spool only after a 2xx, then rewrites the live
+playlist (segment first, then playlist: DASH-IF Live Media Ingest, HLS interface). Failures are
+retried by tenacity with capped exponential backoff and full jitter; a new pick is made on every
+attempt, so a link that comes back serves the live edge first. A rejection (401/403/404...)
+keeps every segment, raises an event once and backs off long.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import tenacity
+
+from agent.config import HttpUplinkConfig
+from agent.events import Event, EventSink, utc_now_iso
+from agent.uplink.playlists import Entry, render_archive, render_live
+from agent.uplink.spool import SegmentRecord, Spool
+from agent.uplink.targets import RejectedUploadError, RetryableUploadError, UploadTarget
+from agent.uplink.throughput import ThroughputEstimator
+
+log = logging.getLogger(__name__)
+
+UPLINK = "http"
+IDLE_POLL_S = 0.5  # wait for a new segment at most this long before looking again
+BACKOFF_BASE_S = 0.5
+LATENCY_SAMPLES = 512  # glass-to-upstream latencies kept for p50/p95
+TS_TYPE = "video/mp2t"
+M3U8_TYPE = "application/vnd.apple.mpegurl"
+
+
+@dataclass
+class UploadFigures:
+    uploaded: int = 0
+    bytes: int = 0
+    failures: int = 0
+    consecutive_failures: int = 0
+    rejected: bool = False
+    last_upload_utc: str | None = None
+    last_error: str | None = None
+    busy_since_s: float | None = None  # monotonic start of the upload in progress
+
+
+class _Rejected(Exception):
+    """Internal: a rejection, retried after the long backoff."""
+
+
+class SegmentUploader:
+    def __init__(
+        self,
+        cfg: HttpUplinkConfig,
+        target: UploadTarget,
+        spool: Spool,
+        sink: EventSink,
+        estimator: ThroughputEstimator,
+        rng: random.Random | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._cfg = cfg
+        self.target = target
+        self._spool = spool
+        self._sink = sink
+        self.estimator = estimator
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._wall = wall_clock
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._archive_written_s = -1e9
+        self._archive_dirty = False
+        self.figures = UploadFigures()
+        self.latencies_s: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self._lock = threading.Lock()
+
+    # -- control ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="uplink-http", daemon=True)
+        self._thread.start()
+
+    def stop(self, drain_s: float = 0.0) -> None:
+        """Stop after the upload in progress; then close both playlists with ENDLIST."""
+        if drain_s > 0:
+            deadline_s = time.monotonic() + drain_s
+            while time.monotonic() < deadline_s and self._spool.pending(UPLINK):
+                time.sleep(0.1)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        try:
+            self._write_playlists(ended=True)
+        except (RetryableUploadError, RejectedUploadError) as exc:
+            log.warning("could not close the playlists: %s", exc)
+        self.target.close()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- the worker ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type((RetryableUploadError, _Rejected)),
+            wait=self._wait,
+            sleep=self._sleep,
+            stop=tenacity.stop_never,
+            reraise=True,
+        )
+        while not self._stop.is_set():
+            try:
+                for attempt in retrying:
+                    with attempt:
+                        if self._stop.is_set():
+                            return
+                        self._round()
+            except Exception:  # a bug must not end uploading for the day: log, pause, go on
+                log.exception("uploader round failed unexpectedly")
+                self._stop.wait(BACKOFF_BASE_S * 10)
+
+    def wake(self) -> None:
+        """Cut the current backoff short (a credential was fixed)."""
+        self._wake.set()
+
+    def _sleep(self, seconds: float) -> None:
+        deadline_s = time.monotonic() + seconds
+        while not self._stop.is_set() and not self._wake.is_set():
+            remaining_s = deadline_s - time.monotonic()
+            if remaining_s <= 0:
+                break
+            self._stop.wait(min(remaining_s, 0.2))  # shutdown or a wake-up cuts a backoff
+        self._wake.clear()
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        """Full jitter capped at backoff_max_s; Retry-After honoured; rejections wait long."""
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _Rejected):
+            return self._cfg.rejected_backoff_s * self._rng.uniform(0.5, 1.0)
+        ceiling_s = min(
+            self._cfg.backoff_max_s, BACKOFF_BASE_S * 2 ** min(state.attempt_number, 20)
+        )
+        delay_s = self._rng.uniform(0.0, ceiling_s)
+        if isinstance(exc, RetryableUploadError) and exc.retry_after_s is not None:
+            delay_s = max(delay_s, exc.retry_after_s)
+        return delay_s
+
+    def _round(self) -> None:
+        """Upload one segment (or wait briefly for one); raises on failure."""
+        record = self._pick()
+        if record is None:
+            if self._archive_dirty:
+                self._write_archive(ended=False)
+            self._spool.wait_for_segment(self._spool.next_seq() - 1, IDLE_POLL_S)
+            return
+        try:
+            self._upload(record)
+        except RetryableUploadError as exc:
+            self._failed(str(exc))
+            raise
+        except RejectedUploadError as exc:
+            self._rejected(exc)
+            raise _Rejected(str(exc)) from exc
+        self._write_playlists(ended=False)
+
+    def _pick(self) -> SegmentRecord | None:
+        pending = self._spool.pending(UPLINK)
+        if not pending:
+            return None
+        newest = self._spool.next_seq() - 1
+        if pending[-1].seq == newest:
+            return pending[-1]  # the live edge first
+        return pending[0]  # then the oldest of the backlog
+
+    def _upload(self, record: SegmentRecord) -> None:
+        data = self._spool.read(record.seq)
+        started_s = time.monotonic()
+        self.figures.busy_since_s = started_s
+        try:
+            self.target.put(record.file_name, data, TS_TYPE, record.sha256)
+        finally:
+            self.figures.busy_since_s = None
+        done_s = time.monotonic()
+        self._spool.mark_uploaded(record.seq, UPLINK)
+        self.estimator.add_sample(done_s, len(data), done_s - started_s)
+        with self._lock:
+            f = self.figures
+            f.uploaded += 1
+            f.bytes += len(data)
+            f.last_upload_utc = utc_now_iso()
+            f.last_error = None
+            if f.consecutive_failures or f.rejected:
+                self._sink.emit(
+                    Event(
+                        "uplink_up",
+                        "info",
+                        f"uploads work again after {f.consecutive_failures} failure(s)",
+                        {"target": self.target.description},
+                    )
+                )
+            f.consecutive_failures = 0
+            f.rejected = False
+        self._archive_dirty = True
+        self.latencies_s.append(self._wall() - _epoch_s(record.started_utc))
+
+    def _failed(self, reason: str) -> None:
+        self.estimator.note_failure(time.monotonic())
+        with self._lock:
+            f = self.figures
+            f.failures += 1
+            f.consecutive_failures += 1
+            f.last_error = reason
+            first = f.consecutive_failures == 1
+        log.warning("upload failed (%d in a row): %s", self.figures.consecutive_failures, reason)
+        if first:
+            self._sink.emit(
+                Event("uplink_down", "warning", f"uploads failing: {reason}", {"reason": reason})
+            )
+
+    def _rejected(self, exc: RejectedUploadError) -> None:
+        with self._lock:
+            f = self.figures
+            f.failures += 1
+            f.consecutive_failures += 1
+            f.last_error = str(exc)
+            first = not f.rejected
+            f.rejected = True
+        log.error("upload rejected by the server: %s", exc)
+        if first:
+            self._sink.emit(
+                Event(
+                    "upload_rejected",
+                    "error",
+                    f"the upload server refuses our segments ({exc}); check the URL and "
+                    "the credential; nothing is lost, recording goes on",
+                    {"status": exc.status, "reason": str(exc)},
+                )
+            )
+
+    # -- playlists -------------------------------------------------------------------------
+
+    def _entries(self, since_seq: int) -> list[Entry]:
+        return [
+            Entry(
+                seq=r.seq,
+                file_name=r.file_name,
+                duration_s=r.duration_s,
+                started_utc=r.started_utc,
+                discontinuity=r.discontinuity,
+                available=UPLINK in r.uploaded_to,
+            )
+            for r in self._spool.segments(since_seq)
+        ]
+
+    def _write_playlists(self, ended: bool) -> None:
+        edge = self._spool.newest_uploaded(UPLINK)
+        if edge is None:
+            return
+        first = max(0, edge - self._cfg.live_window + 1)
+        window = [e for e in self._entries(first) if e.seq <= edge]
+        breaks = self._spool.discontinuities_before(first)
+        self.target.put("live.m3u8", render_live(window, breaks, ended).encode(), M3U8_TYPE, None)
+        if ended or time.monotonic() - self._archive_written_s >= self._cfg.archive_interval_s:
+            self._write_archive(ended)
+
+    def _write_archive(self, ended: bool) -> None:
+        entries = self._entries(0)
+        if not entries:
+            return
+        text = render_archive(entries, ended)
+        self.target.put("archive.m3u8", text.encode(), M3U8_TYPE, None)
+        self._archive_written_s = time.monotonic()
+        self._archive_dirty = False
+
+    # -- figures ---------------------------------------------------------------------------
+
+    def status(self, now_s: float) -> dict[str, Any]:
+        pending = self._spool.pending(UPLINK)
+        newest = self._spool.next_seq() - 1
+        edge = self._spool.newest_uploaded(UPLINK)
+        lag_s = sum(r.duration_s for r in pending if edge is None or r.seq > edge)
+        f = self.figures
+        estimate = self.estimator.estimate_bps(now_s)
+        return {
+            "target": self.target.description,
+            "throughput_bps": None if estimate is None else round(estimate),
+            "backlog_segments": len(pending),
+            "backlog_s": round(sum(r.duration_s for r in pending), 3),
+            "backlog_bytes": sum(r.nbytes for r in pending),
+            "live_lag_s": round(lag_s, 3) if newest >= 0 else None,
+            "last_upload_utc": f.last_upload_utc,
+            "consecutive_failures": f.consecutive_failures,
+            "rejected": f.rejected,
+            "uploaded": f.uploaded,
+            "last_error": f.last_error,
+        }
+
+
+def _epoch_s(utc_iso: str) -> float:
+    return datetime.fromisoformat(utc_iso.replace("Z", "+00:00")).timestamp()
