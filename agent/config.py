@@ -121,7 +121,10 @@ class HttpUplinkConfig(Section):
     key_file: FilePath | None = None
     live_window: int = Field(6, ge=3, le=60)  # segments in live.m3u8
     archive_interval_s: float = Field(30.0, ge=0, le=3600)  # archive.m3u8 rewrite interval
-    backoff_max_s: float = Field(30.0, ge=0.1, le=600)
+    # full-jitter backoff cap: about one segment, so a server that comes back gets the live
+    # edge within ~2 segments (1,000 boxes at <= 2 s each is ~500 req/s for a CDN: fine)
+    backoff_max_s: float = Field(2.0, ge=0.1, le=600)
+    timeout_s: float | None = Field(None, gt=0, le=600)  # stall limit; default 5 segments, >= 10 s
     rejected_backoff_s: float = Field(60.0, ge=0.5, le=3600)
 
     @field_validator("url")

@@ -69,11 +69,11 @@ class HttpTarget:
         self._base = f"{cfg.url}/{quote(station_id)}"
         self.description = cfg.url
         self._cfg = cfg
-        # connect within about one segment; writes may be slow on a thin link but must move
-        timeout = httpx.Timeout(
-            connect=max(2.0, segment_s), write=max(10.0, 5 * segment_s),
-            read=max(10.0, 5 * segment_s), pool=max(2.0, segment_s),
-        )  # fmt: skip
+        # connect within about one segment; a write or a response may take longer on a thin
+        # link but must keep moving (httpx applies write/read timeouts per socket operation)
+        stall_s = cfg.timeout_s or max(10.0, 5 * segment_s)
+        connect_s = min(stall_s, max(2.0, segment_s))
+        timeout = httpx.Timeout(connect=connect_s, write=stall_s, read=stall_s, pool=connect_s)
         self._client = httpx.Client(
             timeout=timeout,
             verify=_tls_context(cfg),

@@ -1,0 +1,229 @@
+"""The HTTP uplink against a real nginx (WebDAV PUT), with outages and faults on purpose."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agentrun import AgentProcess, agent_config, spool_seqs, wait_until, write_toml
+from faultproxy import FaultProxy
+from servers import Nginx, ffprobe_json
+
+from agent.config import AgentConfig, config_from_dict, load_secrets
+from agent.events import EventFanout, RecordingSink
+from agent.pipeline import Pipeline
+from agent.uplink.spool import Spool
+
+STATION = "TEST-0001"
+FAST_RETRY = {"backoff_max_s": 0.5, "timeout_s": 2.0, "archive_interval_s": 0}
+
+
+def uplink_config(tmp: Path, url: str, **http: Any) -> AgentConfig:
+    return config_from_dict(agent_config(tmp, uplink={"http": {"url": url} | FAST_RETRY | http}))
+
+
+class Running:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.events = EventFanout()
+        self.sink = RecordingSink()
+        self.events.subscribe(self.sink.emit)
+        self.pipeline = Pipeline(cfg, load_secrets(cfg), self.events)
+
+    @property
+    def spool(self) -> Spool:
+        return self.pipeline.spool
+
+    def pending(self) -> int:
+        return len(self.spool.pending("http"))
+
+    def stop(self) -> Spool:
+        if self.pipeline.encode.alive:
+            self.pipeline.stop("test over")
+        return Spool.open_read_only(self.cfg.spool.path)
+
+
+@pytest.fixture
+def run_agent() -> Iterator[Callable[[AgentConfig], Running]]:
+    started: list[Running] = []
+
+    def make(cfg: AgentConfig) -> Running:
+        running = Running(cfg)
+        started.append(running)
+        running.pipeline.start()
+        return running
+
+    yield make
+    for running in started:
+        running.stop()
+
+
+def assert_all_on_server(spool: Spool, upstream: Path) -> None:
+    records = spool.segments()
+    assert records, "nothing was recorded"
+    assert spool.lost() == []
+    for record in records:
+        path = upstream / record.file_name
+        assert path.exists(), f"segment {record.seq} missing upstream"
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == record.sha256, record.seq
+        assert "http" in record.uploaded_to
+    names = {p.name for p in upstream.glob("*.ts")}
+    assert names == {r.file_name for r in records}, "an upload landed under another name"
+
+
+def playlist_seqs(text: str) -> list[int]:
+    return [int(m) for m in re.findall(r"^(\d{8})\.ts$", text, flags=re.M)]
+
+
+def test_every_segment_uploaded_and_playlists_play(
+    nginx: Nginx, tmp_path: Path, run_agent: Callable[[AgentConfig], Running]
+) -> None:
+    running = run_agent(uplink_config(tmp_path, nginx.url))
+    assert wait_until(lambda: running.pipeline.segments_stored >= 4, timeout_s=30)
+    spool = running.stop()
+    upstream = nginx.root / STATION
+    assert_all_on_server(spool, upstream)
+    recorded_s = sum(r.duration_s for r in spool.segments())
+    archive = (upstream / "archive.m3u8").read_text()
+    assert archive.rstrip().endswith("#EXT-X-ENDLIST") and "#EXT-X-GAP" not in archive
+    assert playlist_seqs(archive) == [r.seq for r in spool.segments()]
+    live = (upstream / "live.m3u8").read_text()
+    assert live.count("#EXT-X-PROGRAM-DATE-TIME") == len(playlist_seqs(live))
+    for name in ("archive.m3u8", "live.m3u8"):
+        probe = ffprobe_json(f"{nginx.url}/{STATION}/{name}")
+        assert probe["streams"][0]["codec_name"] == "h264"
+    archive_s = float(ffprobe_json(f"{nginx.url}/{STATION}/archive.m3u8")["format"]["duration"])
+    assert abs(archive_s - recorded_s) <= 1.0, (archive_s, recorded_s)
+
+
+def test_outage_live_edge_first_then_complete_archive(
+    nginx: Nginx,
+    fault_proxy: Callable[..., FaultProxy],
+    tmp_path: Path,
+    run_agent: Callable[[AgentConfig], Running],
+) -> None:
+    # the link: a proxy with about 3x the video's rate, so backfill takes visible time
+    proxy = fault_proxy("127.0.0.1", nginx.http_port)
+    running = run_agent(uplink_config(tmp_path, proxy.url_for("/ingest")))
+    upstream = nginx.root / STATION
+    assert wait_until(lambda: running.pipeline.segments_stored >= 2 and not running.pending(), 30)
+    records = running.spool.segments()
+    video_bps = sum(r.nbytes for r in records) * 8 / sum(r.duration_s for r in records)
+    proxy.set_rate(3 * video_bps)
+    nginx.stop()
+    outage_start = running.spool.next_seq()
+    assert wait_until(lambda: running.spool.next_seq() >= outage_start + 8, timeout_s=30)
+    assert running.sink.wait_for("uplink_down", timeout_s=5) is not None
+    assert running.pending() >= 7
+    nginx.start()
+    back_at_seq = running.spool.next_seq() - 1  # the newest segment when the server returned
+
+    def live_edge_caught_up() -> bool:
+        live = upstream / "live.m3u8"
+        return live.exists() and max(playlist_seqs(live.read_text())) >= back_at_seq
+
+    assert wait_until(live_edge_caught_up, timeout_s=30)
+    # measured in segments, not seconds: the live edge was back before 2 more were recorded,
+    # while the outage's backlog was still being filled (live went first)
+    assert running.spool.next_seq() - 1 <= back_at_seq + 2
+    backlog_left = running.pending()
+    assert backlog_left >= 3, backlog_left
+    live_text = (upstream / "live.m3u8").read_text()
+    assert "#EXT-X-GAP" in live_text, "the missing window segments are marked as gaps"
+    assert wait_until(lambda: running.pending() == 0, timeout_s=90)
+    assert running.sink.wait_for("uplink_up", timeout_s=5) is not None
+    spool = running.stop()
+    assert_all_on_server(spool, upstream)
+    archive = (upstream / "archive.m3u8").read_text()
+    assert "#EXT-X-GAP" not in archive and archive.rstrip().endswith("#EXT-X-ENDLIST")
+    assert playlist_seqs(archive) == list(range(len(spool.segments())))
+
+
+FAULTS: dict[str, Callable[[FaultProxy], None]] = {
+    "reset mid-body": lambda p: p.reset_after_bytes(3_000, times=3),
+    "stall beyond the timeout": lambda p: p.stall(4.0, times=1),
+    "503 burst": lambda p: p.inject_status(503, times=6),
+    "429 with Retry-After": lambda p: p.inject_status(429, times=2, headers={"Retry-After": "1"}),
+    "slow link": lambda p: p.set_rate(400_000),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_faults_end_with_every_segment_byte_identical(
+    fault: str,
+    nginx: Nginx,
+    fault_proxy: Callable[..., FaultProxy],
+    tmp_path: Path,
+    run_agent: Callable[[AgentConfig], Running],
+) -> None:
+    proxy = fault_proxy("127.0.0.1", nginx.http_port)
+    running = run_agent(uplink_config(tmp_path, proxy.url_for("/ingest")))
+    assert wait_until(lambda: running.pipeline.segments_stored >= 1, timeout_s=30)
+    FAULTS[fault](proxy)
+    assert wait_until(lambda: running.pipeline.segments_stored >= 5, timeout_s=40)
+    proxy.set_rate(None)
+    assert wait_until(lambda: running.pending() == 0, timeout_s=60), running.sink.kinds()
+    counters = proxy.counters()
+    if fault != "slow link":
+        injected = counters.resets + counters.stalls + counters.injected
+        assert injected >= 1, counters
+        assert running.pipeline.uploader is not None
+        assert running.pipeline.uploader.figures.failures >= 1
+    spool = running.stop()
+    assert_all_on_server(spool, nginx.root / STATION)
+
+
+def test_rejected_credential_keeps_recording_then_uploads_all_once_fixed(
+    nginx_factory: Callable[..., Nginx],
+    tmp_path: Path,
+    run_agent: Callable[[AgentConfig], Running],
+) -> None:
+    server = nginx_factory(bearer_token="right-token")
+    token = tmp_path / "upload-token"
+    token.write_text("wrong-token\n")
+    token.chmod(0o600)
+    cfg = uplink_config(tmp_path, server.url, token_file=str(token), rejected_backoff_s=1.0)
+    running = run_agent(cfg)
+    rejected = running.sink.wait_for("upload_rejected", timeout_s=30)
+    assert rejected is not None and rejected.fields["status"] == 401
+    assert "wrong-token" not in str(rejected) and "right-token" not in str(rejected)
+    stored = running.pipeline.segments_stored
+    assert wait_until(lambda: running.pipeline.segments_stored >= stored + 2, timeout_s=30)
+    assert (
+        not list((server.root / STATION).glob("*.ts")) if (server.root / STATION).exists() else True
+    )
+    assert running.pending() >= 2
+    token.write_text("right-token\n")
+    running.pipeline.reload_secrets(load_secrets(cfg))  # what SIGHUP does
+    assert wait_until(lambda: running.pending() == 0, timeout_s=60)
+    spool = running.stop()
+    assert_all_on_server(spool, server.root / STATION)
+
+
+def test_kill_9_during_uploads_loses_nothing_and_duplicates_nothing(
+    nginx: Nginx, fault_proxy: Callable[..., FaultProxy], tmp_path: Path
+) -> None:
+    proxy = fault_proxy("127.0.0.1", nginx.http_port)
+    proxy.set_rate(600_000)  # slow enough that kills land mid-upload
+    data = agent_config(tmp_path, uplink={"http": {"url": proxy.url_for("/ingest")} | FAST_RETRY})
+    config = write_toml(tmp_path / "station.toml", data)
+    spool_dir = tmp_path / "spool"
+    for kill in range(5):
+        agent = AgentProcess(config).start()
+        before = len(spool_seqs(spool_dir))
+        assert wait_until(lambda before=before: len(spool_seqs(spool_dir)) >= before + 2, 30)
+        time.sleep(0.1 * kill)
+        agent.kill()
+    proxy.set_rate(None)
+    agent = AgentProcess(config).start()
+    spool_probe = lambda: Spool.open_read_only(spool_dir)  # noqa: E731
+    assert wait_until(lambda: len(spool_probe().pending("http")) == 0, timeout_s=60)
+    assert agent.terminate() == 0
+    spool = Spool.open_read_only(spool_dir)
+    assert [r.seq for r in spool.segments()] == list(range(len(spool.segments())))
+    assert_all_on_server(spool, nginx.root / STATION)
