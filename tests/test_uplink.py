@@ -183,7 +183,7 @@ def test_rejected_credential_keeps_recording_then_uploads_all_once_fixed(
     tmp_path: Path,
     run_agent: Callable[[AgentConfig], Running],
 ) -> None:
-    server = nginx_factory(bearer_token="right-token")
+    server = nginx_factory(bearer_token="right-token")  # noqa: S106 - a test credential
     token = tmp_path / "upload-token"
     token.write_text("wrong-token\n")
     token.chmod(0o600)
