@@ -90,7 +90,7 @@ def demo_config(output: Path) -> AgentConfig:
         {
             "station_id": "DEMO-0001",
             "capture": {"source": "test:", "width": 1280, "height": 720, "fps": 30},
-            "encode": {"bitrate_bps": 2_000_000, "segment_s": 2},
+            "encode": {"segment_s": 2},
             "spool": {"path": str(output / "spool"), "max_bytes": "2GB", "min_free_bytes": 0},
             "uplink": {"http": {"url": f"file://{output.resolve() / 'upstream'}"}},
         },

@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from agent.encode.ladder import AdaptConfig
+
 DEFAULT_CONFIG_PATH = Path("/etc/station-agent/config.toml")
 STATION_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 SOURCE_SCHEMES = ("v4l2:", "rtsp://", "rtsps://", "http://", "https://", "file:", "test:")
@@ -101,7 +103,6 @@ class EncodeConfig(Section):
         "veryfast"
     )
     segment_s: float = Field(2.0, ge=1.0, le=10.0)
-    bitrate_bps: int = Field(2_500_000, ge=64_000, le=20_000_000)
     threads: int = Field(0, ge=0, le=16)  # 0 = libx264 decides
 
 
@@ -156,6 +157,7 @@ class AgentConfig(Section):
     encode: EncodeConfig = EncodeConfig()
     spool: SpoolConfig = SpoolConfig()
     uplink: UplinkConfig = UplinkConfig()
+    adapt: AdaptConfig = AdaptConfig()
 
 
 class Secrets(BaseModel):

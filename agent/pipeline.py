@@ -18,10 +18,11 @@ from agent import __version__
 from agent.capture.capture import Capture
 from agent.capture.sources import open_source
 from agent.config import AgentConfig, Secrets
-from agent.encode.ladder import Rung
-from agent.encode.loop import EncodeLoop
+from agent.encode.ladder import Rung, build_ladder
+from agent.encode.loop import BoundaryFigures, EncodeLoop
 from agent.encode.segmenter import EncodedSegment
 from agent.events import Event, EventFanout
+from agent.uplink.controller import ControlInputs, RungController
 from agent.uplink.spool import Spool, SpoolError
 from agent.uplink.targets import HttpTarget, open_target
 from agent.uplink.throughput import ThroughputEstimator
@@ -48,6 +49,13 @@ class Pipeline:
             sink=events,
         )
         capture_cfg = cfg.capture
+        ladder = build_ladder(cfg.adapt, capture_cfg.width, capture_cfg.height, capture_cfg.fps)
+        # with no uplink there is no link to adapt to: record the top rung
+        adapt_cfg = (
+            cfg.adapt if cfg.uplink.http else cfg.adapt.model_copy(update={"enabled": False})
+        )
+        self.controller = RungController(ladder, adapt_cfg)
+        self._controller_lock = threading.Lock()
         self.capture = Capture(
             capture_cfg,
             events,
@@ -59,10 +67,11 @@ class Pipeline:
             cfg.station_id,
             cfg.encode,
             self.capture,
-            self.initial_rung(),
+            self.controller.decide(time.monotonic(), ControlInputs(estimate_bps=None)),
             on_segment=self._enqueue_segment,
             sink=events,
             stale_after_s=capture_cfg.stall_timeout_s,
+            choose_rung=self._choose_rung,
         )
         self.estimator = ThroughputEstimator()
         self.uploader: SegmentUploader | None = None
@@ -79,9 +88,42 @@ class Pipeline:
     def _uplink_names(self) -> list[str]:
         return ["http"] if self.cfg.uplink.http is not None else []
 
-    def initial_rung(self) -> Rung:
-        c = self.cfg.capture
-        return Rung(c.width, c.height, c.fps, self.cfg.encode.bitrate_bps)
+    def _choose_rung(self, figures: BoundaryFigures) -> Rung:
+        """At each segment boundary (encode thread): the controller picks the next rung."""
+        now_s = time.monotonic()
+        _, _, backlog_bytes, lag_s = self.spool.backlog("http") if self.uploader else (0, 0, 0, 0)
+        inputs = ControlInputs(
+            estimate_bps=self.estimator.estimate_bps(now_s),
+            offline=self.estimator.offline(now_s),
+            backlog_bytes=backlog_bytes,
+            live_lag_s=lag_s,
+            encode_load=figures.load,
+            frames_dropped=figures.ticks_skipped,
+            segment_s=self.cfg.encode.segment_s,
+        )
+        with self._controller_lock:
+            before = self.controller.current
+            rung = self.controller.decide(now_s, inputs)
+            reason = self.controller.reason
+        if not rung.same_picture(before) or rung.bitrate_bps != before.bitrate_bps:
+            changed_picture = not rung.same_picture(before)
+            self.events.emit(
+                Event(
+                    "rung_changed",
+                    "info" if changed_picture else "debug",
+                    f"encoding {before.name} -> {rung.name}: {reason}",
+                    {"from": before.as_dict(), "to": rung.as_dict(), "reason": reason},
+                )
+            )
+        return rung
+
+    def pin_rung(self, label: str | None) -> Rung | None:
+        """Manual override from central staff: a ladder label pins, None returns to auto."""
+        with self._controller_lock:
+            if label is None:
+                self.controller.auto()
+                return None
+            return self.controller.pin(label)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -114,6 +156,10 @@ class Pipeline:
         if self.uploader is not None:
             self.uploader.stop(drain_s=UPLOAD_DRAIN_S)
         self.spool.close()
+
+    def _pinned_name(self) -> str | None:
+        pinned = self.controller.pinned
+        return None if pinned is None else pinned.name
 
     def reload_secrets(self, secrets: Secrets) -> None:
         """SIGHUP: a technician fixed a credential file; uploads pick it up at once."""
@@ -162,7 +208,8 @@ class Pipeline:
         return {
             "uptime_s": round(now_s - self.started_mono_s, 1),
             "capture": capture,
-            "encode": self.encode.status(),
+            "encode": self.encode.status()
+            | {"adapt_reason": self.controller.reason, "pinned": self._pinned_name()},
             "spool": self.spool.stats(),
             "uplink": None if self.uploader is None else self.uploader.status(now_s),
         }

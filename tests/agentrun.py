@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 SMALL_CAPTURE = {"source": "test:", "width": 320, "height": 240, "fps": 15}
+SMALL_RUNG = {"width": 320, "height": 240, "fps": 15, "bitrate_bps": 300_000}
 
 
 def toml_value(value: Any) -> str:
@@ -57,7 +58,8 @@ def agent_config(tmp: Path, **sections: Any) -> dict[str, Any]:
     data: dict[str, Any] = {
         "station_id": "TEST-0001",
         "capture": dict(SMALL_CAPTURE),
-        "encode": {"segment_s": 1.0, "bitrate_bps": 300_000, "preset": "ultrafast"},
+        "encode": {"segment_s": 1.0, "preset": "ultrafast"},
+        "adapt": {"ladder": [SMALL_RUNG]},
         "spool": {"path": str(tmp / "spool"), "max_bytes": "1GB", "min_free_bytes": 0},
     }
     for key, value in sections.items():

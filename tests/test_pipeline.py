@@ -10,7 +10,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from agentrun import agent_config, wait_until
+from agentrun import SMALL_RUNG, agent_config, wait_until
 from servers import ffprobe_json
 
 from agent.capture.capture import Capture
@@ -25,9 +25,13 @@ FPS = 15
 FRAME_S = 1 / FPS
 
 
+SMALL = {"width": 160, "height": 120, "fps": 10, "bitrate_bps": 150_000}
+
+
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[tuple[Pipeline, RecordingSink]]:
-    pipeline, sink = make_pipeline(config_from_dict(agent_config(tmp_path)))
+    two_rungs = {"ladder": [SMALL, SMALL_RUNG], "start_rung": "240p15"}
+    pipeline, sink = make_pipeline(config_from_dict(agent_config(tmp_path, adapt=two_rungs)))
     pipeline.start()
     yield pipeline, sink
     if pipeline.encode.alive:
@@ -87,8 +91,8 @@ def test_rung_change_applies_at_next_boundary_without_gap(
 ) -> None:
     pipeline, _ = running
     assert wait_until(lambda: pipeline.segments_stored >= 2, timeout_s=30)
-    small = Rung(160, 120, 10, 150_000)
-    pipeline.encode.set_rung(small)
+    small = Rung(**SMALL)
+    assert pipeline.pin_rung("120p10") == small  # what the set_rung command will do
     assert wait_until(
         lambda: any(r.rung == small for r in pipeline.spool.segments()[-1:]), timeout_s=30
     )

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 import av
@@ -33,6 +34,17 @@ LOAD_EWMA_ALPHA = 0.05  # ~20 frames of memory for the encode-load figure
 FrameObserver = Callable[[float, np.ndarray], None]
 
 
+@dataclass(frozen=True)
+class BoundaryFigures:
+    """What the encoder saw during the segment that just closed (for the rung controller)."""
+
+    load: float  # encode time per frame / frame interval (EWMA); > 1 means behind real time
+    ticks_skipped: int  # output frames skipped because encoding fell behind
+
+
+RungChooser = Callable[[BoundaryFigures], Rung]
+
+
 class EncodeLoop:
     def __init__(
         self,
@@ -43,6 +55,7 @@ class EncodeLoop:
         on_segment: Callable[[EncodedSegment], None],
         sink: EventSink,
         stale_after_s: float,
+        choose_rung: RungChooser | None = None,
         observers: list[FrameObserver] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -50,6 +63,8 @@ class EncodeLoop:
         self._capture = capture
         self._rung = rung
         self._next_rung = rung
+        self._choose_rung = choose_rung
+        self._skipped_at_boundary = 0
         self._on_segment = on_segment
         self._sink = sink
         self._stale_after_s = stale_after_s
@@ -84,7 +99,7 @@ class EncodeLoop:
             self._thread.join(timeout_s)
 
     def set_rung(self, rung: Rung) -> None:
-        """Takes effect at the next segment boundary."""
+        """Takes effect at the next segment boundary (when no `choose_rung` is given)."""
         with self._lock:
             self._next_rung = rung
 
@@ -147,8 +162,7 @@ class EncodeLoop:
                 if self._stop.is_set():
                     self._flush(encoder)
                     return
-                with self._lock:
-                    wanted = self._next_rung
+                wanted = self._wanted_rung()
                 if wanted != rung:
                     self._flush(encoder)
                     encoder = self._open(wanted)
@@ -171,6 +185,14 @@ class EncodeLoop:
             cost = (done_s - started_s) * rung.fps
             self.load += LOAD_EWMA_ALPHA * (cost - self.load)
             tick = self._next_tick(tick, t0_s, rung.fps, per_segment, done_s)
+
+    def _wanted_rung(self) -> Rung:
+        if self._choose_rung is None:
+            with self._lock:
+                return self._next_rung
+        figures = BoundaryFigures(self.load, self.ticks_skipped - self._skipped_at_boundary)
+        self._skipped_at_boundary = self.ticks_skipped
+        return self._choose_rung(figures)
 
     def _next_tick(self, tick: int, t0_s: float, fps: int, per_segment: int, now_s: float) -> int:
         """The next tick to encode: skip ticks we are late for, but never a boundary."""

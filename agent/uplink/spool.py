@@ -358,6 +358,20 @@ class Spool:
             for r in rows
         ]  # fmt: skip
 
+    def backlog(self, uplink: str) -> tuple[int, float, int, float]:
+        """(segments, seconds, bytes, live lag seconds) that `uplink` does not have yet; the
+        live lag counts only what is newer than the newest segment the upstream has."""
+        with self._lock:
+            row = self.db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(duration_s), 0), COALESCE(SUM(bytes), 0),"
+                " COALESCE(SUM(CASE WHEN seq > COALESCE((SELECT MAX(seq) FROM uploads"
+                "   WHERE uplink = ?1), -1) THEN duration_s ELSE 0 END), 0)"
+                " FROM segments s WHERE evicted = 0 AND NOT EXISTS"
+                " (SELECT 1 FROM uploads u WHERE u.seq = s.seq AND u.uplink = ?1)",
+                (uplink,),
+            ).fetchone()
+        return int(row[0]), float(row[1]), int(row[2]), float(row[3])
+
     def newest_uploaded(self, uplink: str) -> int | None:
         with self._lock:
             row = self.db.execute("SELECT MAX(seq) FROM uploads WHERE uplink = ?", (uplink,))

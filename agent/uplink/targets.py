@@ -12,6 +12,7 @@ import email.utils
 import os
 import ssl
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote
@@ -36,10 +37,21 @@ class RejectedUploadError(Exception):
         self.status = status
 
 
+Progress = Callable[[int], None]  # called with the bytes sent so far
+PROGRESS_CHUNK_BYTES = 32 * 1024
+
+
 class UploadTarget(Protocol):
     description: str
 
-    def put(self, name: str, data: bytes, content_type: str, sha256: str | None) -> None: ...
+    def put(
+        self,
+        name: str,
+        data: bytes,
+        content_type: str,
+        sha256: str | None,
+        progress: Progress | None = None,
+    ) -> None: ...
 
     def delete(self, name: str) -> None: ...
 
@@ -101,18 +113,29 @@ class HttpTarget:
             headers["Content-Type"] = content_type
         return headers
 
-    def put(self, name: str, data: bytes, content_type: str, sha256: str | None) -> None:
+    def put(
+        self,
+        name: str,
+        data: bytes,
+        content_type: str,
+        sha256: str | None,
+        progress: Progress | None = None,
+    ) -> None:
         headers = self._headers(content_type)
+        headers["Content-Length"] = str(len(data))  # also keeps an iterator body unchunked
         if sha256:
             headers["X-Content-SHA256"] = sha256
         if content_type.startswith("application/vnd.apple.mpegurl"):
             headers["Cache-Control"] = "max-age=1"  # the CDN must not hold a live playlist
-        self._send("PUT", name, data, headers)
+        body: bytes | Iterator[bytes] = data if progress is None else _chunks(data, progress)
+        self._send("PUT", name, body, headers)
 
     def delete(self, name: str) -> None:
         self._send("DELETE", name, None, self._headers())
 
-    def _send(self, method: str, name: str, data: bytes | None, headers: dict[str, str]) -> None:
+    def _send(
+        self, method: str, name: str, data: bytes | Iterator[bytes] | None, headers: dict[str, str]
+    ) -> None:
         url = f"{self._base}/{name}"
         try:
             response = self._client.request(
@@ -133,6 +156,13 @@ class HttpTarget:
         self._client.close()
 
 
+def _chunks(data: bytes, progress: Progress) -> Iterator[bytes]:
+    view = memoryview(data)
+    for offset in range(0, len(data), PROGRESS_CHUNK_BYTES):
+        yield bytes(view[offset : offset + PROGRESS_CHUNK_BYTES])
+        progress(min(len(data), offset + PROGRESS_CHUNK_BYTES))
+
+
 def _tls_context(cfg: HttpUplinkConfig) -> ssl.SSLContext | bool:
     if not cfg.url.startswith("https://"):
         return True
@@ -149,7 +179,14 @@ class FileTarget:
         self._dir = Path(url.removeprefix("file://")) / station_id
         self.description = url
 
-    def put(self, name: str, data: bytes, content_type: str, sha256: str | None) -> None:
+    def put(
+        self,
+        name: str,
+        data: bytes,
+        content_type: str,
+        sha256: str | None,
+        progress: Progress | None = None,
+    ) -> None:
         try:
             self._dir.mkdir(parents=True, exist_ok=True)
             temp = self._dir / f".{name}.part"

@@ -187,13 +187,19 @@ class SegmentUploader:
         data = self._spool.read(record.seq)
         started_s = time.monotonic()
         self.figures.busy_since_s = started_s
+        ticket = self.estimator.upload_started(started_s, len(data))
+        ok = False
         try:
-            self.target.put(record.file_name, data, TS_TYPE, record.sha256)
+
+            def progress(sent: int) -> None:
+                self.estimator.upload_progress(ticket, time.monotonic(), sent)
+
+            self.target.put(record.file_name, data, TS_TYPE, record.sha256, progress=progress)
+            ok = True
         finally:
             self.figures.busy_since_s = None
-        done_s = time.monotonic()
+            self.estimator.upload_finished(ticket, time.monotonic(), ok)
         self._spool.mark_uploaded(record.seq, UPLINK)
-        self.estimator.add_sample(done_s, len(data), done_s - started_s)
         with self._lock:
             f = self.figures
             f.uploaded += 1
@@ -215,7 +221,6 @@ class SegmentUploader:
         self.latencies_s.append(self._wall() - _epoch_s(record.started_utc))
 
     def _failed(self, reason: str) -> None:
-        self.estimator.note_failure(time.monotonic())
         with self._lock:
             f = self.figures
             f.failures += 1
@@ -286,19 +291,16 @@ class SegmentUploader:
     # -- figures ---------------------------------------------------------------------------
 
     def status(self, now_s: float) -> dict[str, Any]:
-        pending = self._spool.pending(UPLINK)
-        newest = self._spool.next_seq() - 1
-        edge = self._spool.newest_uploaded(UPLINK)
-        lag_s = sum(r.duration_s for r in pending if edge is None or r.seq > edge)
+        segments, seconds, nbytes, lag_s = self._spool.backlog(UPLINK)
         f = self.figures
         estimate = self.estimator.estimate_bps(now_s)
         return {
             "target": self.target.description,
             "throughput_bps": None if estimate is None else round(estimate),
-            "backlog_segments": len(pending),
-            "backlog_s": round(sum(r.duration_s for r in pending), 3),
-            "backlog_bytes": sum(r.nbytes for r in pending),
-            "live_lag_s": round(lag_s, 3) if newest >= 0 else None,
+            "backlog_segments": segments,
+            "backlog_s": round(seconds, 3),
+            "backlog_bytes": nbytes,
+            "live_lag_s": round(lag_s, 3),
             "last_upload_utc": f.last_upload_utc,
             "consecutive_failures": f.consecutive_failures,
             "rejected": f.rejected,
