@@ -16,6 +16,7 @@ ANALYSIS_WIDTH = 160  # px: enough for exposure, coverage and view comparison; ~
 SHARPNESS_WIDTH = 320  # px: blur is measured at twice the size, so a 1080p defocus still shows
 FREEZE_SAMPLES_WIDTH = 160  # raw pixels per row sampled (no averaging: keeps the sensor noise)
 GRID_COLS, GRID_ROWS = 8, 6  # cells for coverage and view comparison (people are ~1-2 cells wide)
+LOCAL_WINDOW = 7  # px at analysis size: the neighbourhood whose spread tells detail from blank
 MIN_VALID_FRACTION = 0.05  # below this share of unmasked pixels the picture is not judged
 CELL_MIN_VALID = 0.9  # a cell is compared only when nearly all of it is unmasked
 TEXTURE_MIN_STD = 4.0  # grey levels: reference cells flatter than this carry no structure
@@ -29,7 +30,7 @@ class Picture:
 
     grey: np.ndarray  # uint8, ANALYSIS_WIDTH wide
     sharp_grey: np.ndarray  # uint8, SHARPNESS_WIDTH wide (for sharpness only)
-    freeze_sample: np.ndarray  # uint8, strided raw pixels of the green channel
+    freeze_sample: np.ndarray  # uint8, strided raw grey pixels
 
 
 def analysis_size(width: int, height: int, target_width: int = ANALYSIS_WIDTH) -> tuple[int, int]:
@@ -39,24 +40,23 @@ def analysis_size(width: int, height: int, target_width: int = ANALYSIS_WIDTH) -
 
 
 def reduce_frame(frame_bgr: np.ndarray) -> Picture:
-    """Downscale (area average) to grey copies; the freeze sample keeps raw pixel noise."""
+    """Grey at full size (cvtColor is SIMD-fast), then area-averaged down; the freeze sample is
+    taken before averaging so it keeps the raw pixel noise."""
     height, width = frame_bgr.shape[:2]
-    sharp = cv2.resize(
-        frame_bgr, analysis_size(width, height, SHARPNESS_WIDTH), interpolation=cv2.INTER_AREA
+    grey_full = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY) if frame_bgr.ndim == 3 else frame_bgr
+    sharp_grey = cv2.resize(
+        grey_full, analysis_size(width, height, SHARPNESS_WIDTH), interpolation=cv2.INTER_AREA
     )
-    sharp_grey = cv2.cvtColor(sharp, cv2.COLOR_BGR2GRAY) if sharp.ndim == 3 else sharp
     grey = cv2.resize(
         sharp_grey, analysis_size(width, height, ANALYSIS_WIDTH), interpolation=cv2.INTER_AREA
     )
-    return Picture(grey, sharp_grey, freeze_sample(frame_bgr))
+    return Picture(grey, sharp_grey, freeze_sample(grey_full))
 
 
-def freeze_sample(image: np.ndarray) -> np.ndarray:
-    """Every k-th raw pixel (green channel): sensor noise survives, unlike in an averaged copy."""
-    height, width = image.shape[:2]
-    step = max(1, width // FREEZE_SAMPLES_WIDTH)
-    plane = image[::step, ::step, 1] if image.ndim == 3 else image[::step, ::step]
-    return np.ascontiguousarray(plane)
+def freeze_sample(grey: np.ndarray) -> np.ndarray:
+    """Every k-th raw pixel: sensor noise survives, unlike in an averaged copy."""
+    step = max(1, grey.shape[1] // FREEZE_SAMPLES_WIDTH)
+    return np.ascontiguousarray(grey[::step, ::step])
 
 
 def reduce_mask(ignore: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -100,8 +100,10 @@ def _cells(image: np.ndarray) -> np.ndarray:
     """(rows, cols, cell_pixels) float32 view of the image cropped to whole cells."""
     ch, cw = image.shape[0] // GRID_ROWS, image.shape[1] // GRID_COLS
     cropped = image[: ch * GRID_ROWS, : cw * GRID_COLS].astype(np.float32)
-    return cropped.reshape(GRID_ROWS, ch, GRID_COLS, cw).swapaxes(1, 2).reshape(
-        GRID_ROWS, GRID_COLS, ch * cw
+    return (
+        cropped.reshape(GRID_ROWS, ch, GRID_COLS, cw)
+        .swapaxes(1, 2)
+        .reshape(GRID_ROWS, GRID_COLS, ch * cw)
     )
 
 
@@ -114,14 +116,14 @@ def _cell_valid(valid: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
 def covered_fraction(
     grey: np.ndarray, valid: np.ndarray | None, blank_std: float, dark_level: float
 ) -> float:
-    """Share of the (unmasked) picture made of dark, featureless cells: a hand, a coat or a
-    cap close to the lens. 0 when no cell can be judged."""
-    cells = _cells(grey)
-    judged = _cell_valid(valid, grey.shape[:2])
-    if not judged.any():
-        return 0.0
-    blank = (cells.std(axis=2) < blank_std) & (cells.mean(axis=2) <= dark_level)
-    return float(np.count_nonzero(blank & judged)) / float(np.count_nonzero(judged))
+    """Share of the (unmasked) picture that is dark and featureless (local std in a
+    `LOCAL_WINDOW` square under `blank_std`): a hand, a coat or a cap close to the lens."""
+    img = grey.astype(np.float32)
+    size = (LOCAL_WINDOW, LOCAL_WINDOW)
+    mean = cv2.blur(img, size)
+    var = cv2.blur(img * img, size) - mean * mean
+    blank = (var < blank_std * blank_std) & (img <= dark_level)
+    return float(_pixels(blank, valid).mean())
 
 
 def sharpness(sharp_grey: np.ndarray, valid: np.ndarray | None) -> float:
