@@ -146,6 +146,7 @@ def serve(
     def tick() -> None:
         nonlocal next_heartbeat_s
         now_s = time.monotonic()
+        pipeline.supervise()
         if reload_requested.is_set():
             reload_requested.clear()
             _reload_secrets(pipeline, config_path)

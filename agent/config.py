@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from agent.capture.health_config import HealthConfig
 from agent.encode.ladder import AdaptConfig
 
 DEFAULT_CONFIG_PATH = Path("/etc/station-agent/config.toml")
@@ -158,6 +159,7 @@ class AgentConfig(Section):
     spool: SpoolConfig = SpoolConfig()
     uplink: UplinkConfig = UplinkConfig()
     adapt: AdaptConfig = AdaptConfig()
+    health: HealthConfig = HealthConfig()
 
 
 class Secrets(BaseModel):
@@ -178,7 +180,13 @@ def load_config(path: Path) -> AgentConfig:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return config_from_dict(data, source=str(path))
+    cfg = config_from_dict(data, source=str(path))
+    reference = cfg.health.reference_image
+    if reference is not None and not reference.is_absolute():
+        # the reference picture is stored with the config: relative to the config's folder
+        health = cfg.health.model_copy(update={"reference_image": path.parent / reference})
+        cfg = cfg.model_copy(update={"health": health})
+    return cfg
 
 
 def config_from_dict(data: dict[str, Any], source: str = "<config>") -> AgentConfig:

@@ -14,8 +14,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from agent import __version__
 from agent.capture.capture import Capture
+from agent.capture.health import CameraHealth, read_reference
 from agent.capture.sources import open_source
 from agent.config import AgentConfig, Secrets
 from agent.encode.ladder import Rung, build_ladder
@@ -56,6 +59,9 @@ class Pipeline:
         )
         self.controller = RungController(ladder, adapt_cfg)
         self._controller_lock = threading.Lock()
+        self.health = CameraHealth(
+            cfg.health, events, reference=self._reference(), expected_fps=capture_cfg.fps
+        )
         self.capture = Capture(
             capture_cfg,
             events,
@@ -72,6 +78,7 @@ class Pipeline:
             sink=events,
             stale_after_s=capture_cfg.stall_timeout_s,
             choose_rung=self._choose_rung,
+            observers=[self.health.observe] if cfg.health.enabled else [],
         )
         self.estimator = ThroughputEstimator()
         self.uploader: SegmentUploader | None = None
@@ -87,6 +94,26 @@ class Pipeline:
 
     def _uplink_names(self) -> list[str]:
         return ["http"] if self.cfg.uplink.http is not None else []
+
+    def _reference(self) -> np.ndarray | None:
+        path = self.cfg.health.reference_image
+        if path is None:
+            return None
+        try:
+            return read_reference(path)
+        except OSError as exc:
+            log.warning("running without the camera reference picture: %s", exc)
+            self.events.emit(
+                Event("config_problem", "warning", f"reference picture unusable: {exc}")
+            )
+            return None
+
+    def supervise(self) -> None:
+        """Once a second from the main loop: what no worker thread notices by itself."""
+        now_s = time.monotonic()
+        if self.cfg.health.enabled:
+            self.health.note_source_state(now_s, self.capture.state == "running")
+            self.health.poll(now_s)
 
     def _choose_rung(self, figures: BoundaryFigures) -> Rung:
         """At each segment boundary (encode thread): the controller picks the next rung."""
@@ -105,16 +132,17 @@ class Pipeline:
             before = self.controller.current
             rung = self.controller.decide(now_s, inputs)
             reason = self.controller.reason
-        if not rung.same_picture(before) or rung.bitrate_bps != before.bitrate_bps:
-            changed_picture = not rung.same_picture(before)
+        if not rung.same_picture(before):
             self.events.emit(
                 Event(
                     "rung_changed",
-                    "info" if changed_picture else "debug",
+                    "info",
                     f"encoding {before.name} -> {rung.name}: {reason}",
                     {"from": before.as_dict(), "to": rung.as_dict(), "reason": reason},
                 )
             )
+        elif rung.bitrate_bps != before.bitrate_bps:  # a trim within the picture: no event
+            log.debug("bitrate %s -> %s: %s", before.name, rung.name, reason)
         return rung
 
     def pin_rung(self, label: str | None) -> Rung | None:
@@ -212,6 +240,7 @@ class Pipeline:
             | {"adapt_reason": self.controller.reason, "pinned": self._pinned_name()},
             "spool": self.spool.stats(),
             "uplink": None if self.uploader is None else self.uploader.status(now_s),
+            "health": self.health.snapshot() if self.cfg.health.enabled else None,
         }
 
 
