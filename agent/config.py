@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from agent.capture.health_config import HealthConfig
+from agent.capture.privacy import PrivacyConfig
 from agent.encode.ladder import AdaptConfig
 
 DEFAULT_CONFIG_PATH = Path("/etc/station-agent/config.toml")
@@ -160,6 +161,7 @@ class AgentConfig(Section):
     uplink: UplinkConfig = UplinkConfig()
     adapt: AdaptConfig = AdaptConfig()
     health: HealthConfig = HealthConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
 
 class Secrets(BaseModel):
@@ -208,7 +210,7 @@ def describe_validation_error(exc: ValidationError) -> str:
         what = "is not a known setting (check the spelling)"
     else:
         what = first["msg"].removeprefix("Value error, ")
-        if "input" in first and kind not in ("model_type", "dict_type"):
+        if "input" in first and not isinstance(first["input"], dict | list | tuple):
             what += f" (got {first['input']!r})"
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
     return f"key '{key}': {what}{more}"

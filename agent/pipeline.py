@@ -19,6 +19,7 @@ import numpy as np
 from agent import __version__
 from agent.capture.capture import Capture
 from agent.capture.health import CameraHealth, read_reference
+from agent.capture.privacy import PrivacyMasker
 from agent.capture.sources import open_source
 from agent.config import AgentConfig, Secrets
 from agent.encode.ladder import Rung, build_ladder
@@ -62,12 +63,16 @@ class Pipeline:
         self.health = CameraHealth(
             cfg.health, events, reference=self._reference(), expected_fps=capture_cfg.fps
         )
+        # masks first: no unmasked pixel reaches health, overlay, encoder, spool or snapshots
+        self.masker = PrivacyMasker(cfg.privacy)
+        self.health.set_ignore_mask(self.masker.mask_for(capture_cfg.width, capture_cfg.height))
         self.capture = Capture(
             capture_cfg,
             events,
             source_factory=lambda: open_source(
                 capture_cfg.source, capture_cfg.width, capture_cfg.height, capture_cfg.fps
             ),
+            frame_hook=self.masker.apply if self.masker.active_count else None,
         )
         self.encode = EncodeLoop(
             cfg.station_id,
@@ -241,6 +246,7 @@ class Pipeline:
             "spool": self.spool.stats(),
             "uplink": None if self.uploader is None else self.uploader.status(now_s),
             "health": self.health.snapshot() if self.cfg.health.enabled else None,
+            "privacy": self.masker.snapshot(),
         }
 
 
