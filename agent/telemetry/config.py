@@ -1,15 +1,15 @@
 """The `[mqtt]` section: where the broker is and how this station talks to it.
 
-    [mqtt]
-    url = "mqtts://broker.example.org:8883"   # mqtt:// (plain, 1883) or mqtts:// (TLS, 8883)
-    ca_file = "/etc/station-agent/mqtt-ca.pem"    # mqtts only; system CAs when absent
-    cert_file = "/etc/station-agent/mqtt.crt"     # mTLS client certificate (with key_file)
-    key_file = "/etc/station-agent/mqtt.key"
-    username = "AZ-0001"
-    password_file = "/etc/station-agent/mqtt-password"   # read by agent.config, never here
-    prefix = "stations"
-    heartbeat_s = 10
-    keepalive_s = 30
+[mqtt]
+url = "mqtts://broker.example.org:8883"   # mqtt:// (plain, 1883) or mqtts:// (TLS, 8883)
+ca_file = "/etc/station-agent/mqtt-ca.pem"    # mqtts only; system CAs when absent
+cert_file = "/etc/station-agent/mqtt.crt"     # mTLS client certificate (with key_file)
+key_file = "/etc/station-agent/mqtt.key"
+username = "AZ-0001"
+password_file = "/etc/station-agent/mqtt-password"   # read by agent.config, never here
+prefix = "stations"
+heartbeat_s = 10
+keepalive_s = 30
 """
 
 from __future__ import annotations
@@ -52,7 +52,9 @@ def parse_broker_url(url: str) -> BrokerAddress:
         raise ValueError(f"{url!r} has an invalid port (1-65535)") from None
     if port == 0:
         raise ValueError(f"{url!r} has an invalid port (1-65535)")
-    return BrokerAddress(host, port if port is not None else DEFAULT_PORTS[scheme], scheme == "mqtts")
+    return BrokerAddress(
+        host, port if port is not None else DEFAULT_PORTS[scheme], scheme == "mqtts"
+    )
 
 
 class MqttConfig(BaseModel):

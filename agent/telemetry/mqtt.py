@@ -69,7 +69,9 @@ def describe_connect_error(exc: BaseException | None) -> str:
             "check [mqtt] ca_file and the broker's certificate and host name"
         )
     if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake failed ({exc.reason or exc}): check the certificates and mqtts:// port"
+        return (
+            f"TLS handshake failed ({exc.reason or exc}): check the certificates and mqtts:// port"
+        )
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused: is the broker running on that host and port?"
     if isinstance(exc, socket.gaierror):
@@ -77,6 +79,15 @@ def describe_connect_error(exc: BaseException | None) -> str:
     if isinstance(exc, TimeoutError | socket.timeout):
         return "connection timed out: the broker is unreachable from this network"
     return f"cannot connect: {exc}" if exc is not None else "cannot connect"
+
+
+def describe_socket_error(text: str) -> str:
+    """paho's log line about a failed read, as a line a technician can act on."""
+    if "CERTIFICATE_REQUIRED" in text:
+        return "the broker requires a client certificate: set [mqtt] cert_file and key_file"
+    if "UNKNOWN_CA" in text or "BAD_CERTIFICATE" in text or "CERTIFICATE_UNKNOWN" in text:
+        return f"the broker rejected the client certificate ({text}): check cert_file/key_file"
+    return f"the connection failed before the broker accepted it: {text}"
 
 
 def _guarded(callback: Callable[_P, None]) -> Callable[_P, None]:
@@ -103,7 +114,7 @@ class MqttLink:
         station_id: str,
         password: str | None,
         outbox: Outbox,
-        will_body: str,
+        will_body: Callable[[], str],
         online_body: Callable[[], str],
         on_command: CommandSink,
         on_activity: Callable[[], None],
@@ -135,6 +146,7 @@ class MqttLink:
         self._acked_mids: set[int] = set()
         self._acked = threading.Event()
         self.last_error: str | None = None
+        self._socket_error: str | None = None  # paho only logs why a socket read failed
         self.connects = 0
         self.callback_errors = 0
 
@@ -148,7 +160,6 @@ class MqttLink:
             client_id=cfg.effective_client_id(self._station_id),
             protocol=mqtt.MQTTv5,
         )
-        client.enable_logger(logging.getLogger("agent.telemetry.paho"))
         if cfg.username is not None or self._password is not None:
             client.username_pw_set(cfg.username, self._password)
         if broker.tls:
@@ -161,18 +172,19 @@ class MqttLink:
             except (OSError, ssl.SSLError) as exc:
                 self._set_error(f"cannot load the TLS files of [mqtt]: {exc}")
                 return
-        client.will_set(self.topic_status, self._will_body, qos=1, retain=True)
+        client.will_set(self.topic_status, self._will_body(), qos=1, retain=True)
         client.max_inflight_messages_set(PAHO_MAX_INFLIGHT)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_log = self._on_log
+        self._client = client
         self._set_retry_delay()
         client.connect_async(broker.host, broker.port, keepalive=cfg.keepalive_s, clean_start=True)
         client.loop_start()
-        self._client = client
-        log.info("MQTT: connecting to %s as %s", cfg.url, client._client_id.decode())
+        log.info("MQTT: connecting to %s as %s", cfg.url, cfg.effective_client_id(self._station_id))
 
     def stop(self, offline_body: str, flush_timeout_s: float) -> None:
         """Sends what it can within the timeout (events, then the offline status), disconnects."""
@@ -268,8 +280,13 @@ class MqttLink:
             if self._connected and room > 0:
                 for seq, body in self._outbox.after(self._last_sent_seq, room):
                     info = client.publish(self.topic_event, payloads.with_seq(body, seq), qos=1)
-                    if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-                        log.error("MQTT: cannot queue event %d: %s", seq, mqtt.error_string(info.rc))
+                    if info.rc not in (
+                        MQTTErrorCode.MQTT_ERR_SUCCESS,
+                        MQTTErrorCode.MQTT_ERR_NO_CONN,
+                    ):
+                        log.error(
+                            "MQTT: cannot queue event %d: %s", seq, mqtt.error_string(info.rc)
+                        )
                         break
                     self._inflight[info.mid] = seq
                     self._last_sent_seq = seq
@@ -321,11 +338,22 @@ class MqttLink:
         properties: Properties | None,
     ) -> None:
         was_connected, self._connected = self._connected, False
+        socket_error, self._socket_error = self._socket_error, None
         if self._stopping:
             return
         if was_connected:
             log.warning("MQTT: lost the connection to %s: %s", self._cfg.url, reason_code)
+        elif socket_error is not None:  # e.g. TLS 1.3: the server's alert comes after connect()
+            self._set_error(describe_socket_error(socket_error))
+        elif self.last_error is None:
+            self._set_error(f"the broker closed the connection before accepting it: {reason_code}")
         self._set_retry_delay()
+
+    @_guarded
+    def _on_log(self, client: mqtt.Client, userdata: Any, level: int, text: str) -> None:
+        if level == mqtt.MQTT_LOG_ERR:
+            self._socket_error = text
+            log.debug("paho: %s", text)
 
     @_guarded
     def _on_publish(

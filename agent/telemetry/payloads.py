@@ -8,12 +8,23 @@ from __future__ import annotations
 
 import json
 import math
+from importlib import resources
 from typing import Any
 
 from agent.events import Event
 
 SCHEMA_VERSION = 1  # bump on any incompatible change; consumers check it first
 PIPELINE_SECTIONS = ("capture", "encode", "uplink", "spool", "health", "privacy")
+MESSAGE_TYPES = ("status", "heartbeat", "event", "reply")
+
+
+def load_schema(message_type: str) -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) shipped for one message type, e.g. "heartbeat"."""
+    if message_type not in MESSAGE_TYPES:
+        raise ValueError(f"no schema for {message_type!r}; known: {', '.join(MESSAGE_TYPES)}")
+    path = resources.files("agent.telemetry").joinpath("schemas", f"{message_type}.json")
+    schema: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return schema
 
 
 def _envelope(kind: str, station_id: str, at_utc: str) -> dict[str, Any]:
@@ -79,7 +90,16 @@ def event(station_id: str, ev: Event, *, event_id: str) -> dict[str, Any]:
     return body
 
 
-def reply_ok(station_id: str, *, at_utc: str, command: str, result: dict[str, Any]) -> dict[str, Any]:
+def with_seq(event_json: str, seq: int) -> str:
+    """Adds the outbox seq to a stored event (compact JSON object text) without re-parsing it."""
+    if not event_json.endswith("}"):
+        raise ValueError("not a JSON object")
+    return f'{event_json[:-1]},"seq":{seq}}}'
+
+
+def reply_ok(
+    station_id: str, *, at_utc: str, command: str, result: dict[str, Any]
+) -> dict[str, Any]:
     body = _envelope("reply", station_id, at_utc)
     body.update(command=command, ok=True, result=result)
     return body

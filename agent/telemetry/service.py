@@ -1,0 +1,330 @@
+"""Telemetry: status, heartbeats, events and commands, over MQTT or as JSON lines on stdout.
+
+    telemetry = Telemetry(cfg.mqtt, station_id=..., state_dir=..., status=pipeline.status,
+                          summary={...}, commands={"snapshot": ..., ...}, version=__version__,
+                          password=secret, spool_path=cfg.spool.path)
+    telemetry.start()
+    fanout.subscribe(telemetry.emit)    # it is an EventSink
+    ...
+    telemetry.stop("SIGTERM")
+
+`emit` only writes the event to the on-disk outbox (or the stream) and wakes the worker; it
+never waits for the network. One worker thread sends heartbeats and drains the outbox; one more
+runs commands, so a slow handler never holds up paho's network thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import sqlite3
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from agent.events import Event, utc_now_iso
+from agent.telemetry import payloads
+from agent.telemetry.commands import BUSY, CommandHandler, CommandRouter
+from agent.telemetry.config import MqttConfig
+from agent.telemetry.jsonlines import JsonLinesWriter
+from agent.telemetry.mqtt import MqttLink
+from agent.telemetry.outbox import OUTBOX_FILENAME, Outbox
+from agent.telemetry.system import SystemStats
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HEARTBEAT_S = 10.0  # stdout mode: the same default as MqttConfig.heartbeat_s
+HEARTBEAT_EXPIRY_INTERVALS = 2  # a heartbeat two intervals old is stale: the broker drops it
+# Stop is part of the agent's shutdown, which must fit systemd's stop timeout (90 s default)
+# with room to spare; 3 s drains a normal backlog on any link that works at all.
+STOP_FLUSH_TIMEOUT_S = 3.0
+THREAD_JOIN_TIMEOUT_S = 5.0
+COMMAND_QUEUE_MAX = 8  # commands come from people, a few a minute; more waiting is a stuck handler
+WORKER_ERROR_PAUSE_S = 1.0  # after an unexpected error in the worker, before it tries again
+
+
+@dataclass(frozen=True)
+class _Request:
+    name: str
+    payload: bytes
+    response_topic: str | None
+    correlation: bytes | None
+
+
+class Telemetry:
+    def __init__(
+        self,
+        cfg: MqttConfig | None,
+        *,
+        station_id: str,
+        state_dir: Path,
+        status: Callable[[], dict[str, Any]],
+        summary: dict[str, Any],
+        commands: Mapping[str, CommandHandler],
+        version: str,
+        password: str | None = None,
+        out: TextIO = sys.stdout,
+        spool_path: Path | None = None,
+        heartbeat_s: float | None = None,
+    ) -> None:
+        self._cfg = cfg
+        self._station_id = station_id
+        self._status = status
+        self._summary = summary
+        self._version = version
+        self._heartbeat_s = heartbeat_s or (cfg.heartbeat_s if cfg else DEFAULT_HEARTBEAT_S)
+        self._started_utc = utc_now_iso()
+        self._started_s = time.monotonic()
+        self._system = SystemStats(spool_path)
+        self._router = CommandRouter(station_id, {**commands, "ping": self._ping})
+        self._heartbeat_seq = 0
+        self._line_seq = itertools.count(1)  # next() is atomic: emit may come from any thread
+        self._worker_errors = 0
+        self._events_unsaved = 0
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._requests: queue.Queue[_Request | None] = queue.Queue(COMMAND_QUEUE_MAX)
+        self._started = self._stopped = False
+        self._lines: JsonLinesWriter | None = None
+        self._outbox: Outbox | None = None
+        self._link: MqttLink | None = None
+        if cfg is None:
+            self._lines = JsonLinesWriter(out)
+        else:
+            self._outbox = Outbox(state_dir / OUTBOX_FILENAME)
+            self._link = MqttLink(
+                cfg,
+                station_id=station_id,
+                password=password,
+                outbox=self._outbox,
+                will_body=lambda: self._status_offline("connection_lost", clean=False),
+                online_body=self._status_online,
+                on_command=self._on_command,
+                on_activity=self._wake.set,
+            )
+
+    # -- public face --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._started_utc = utc_now_iso()
+        self._started_s = time.monotonic()
+        if self._link is not None:
+            self._link.start()
+            self._spawn(self._run_commands, "telemetry-commands")
+        elif self._lines is not None:
+            self._lines.write(self._status_online())
+        self.emit(
+            Event(
+                "agent_started",
+                "info",
+                f"station agent {self._version} started",
+                {"version": self._version},
+            )
+        )
+        self._spawn(self._run, "telemetry")
+
+    def emit(self, event: Event) -> None:
+        """Queues the event (outbox on disk, or one JSON line); never waits on the network."""
+        body = payloads.to_json(payloads.event(self._station_id, event, event_id=uuid.uuid4().hex))
+        if self._lines is not None:
+            self._lines.write(payloads.with_seq(body, next(self._line_seq)))
+            return
+        if self._outbox is None:
+            return
+        try:
+            self._outbox.add(body)
+        except sqlite3.Error as exc:  # disk full or broken: the event is lost, say so loudly
+            self._events_unsaved += 1
+            log.error("telemetry outbox cannot store event %s (%s): %s", event.kind, exc, body)
+            return
+        self._wake.set()
+
+    def stop(self, reason: str) -> None:
+        """Offline status with `reason`, after sending what it can within a few seconds."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._started:
+            self.emit(
+                Event(
+                    "agent_stopping",
+                    "info",
+                    f"station agent stopping: {reason}",
+                    {"reason": reason},
+                )
+            )
+        self._stop.set()
+        self._wake.set()
+        try:
+            self._requests.put(None, timeout=THREAD_JOIN_TIMEOUT_S)
+        except queue.Full:
+            log.error("telemetry: command queue stuck at stop; a handler is hanging")
+        for thread in self._threads:
+            thread.join(THREAD_JOIN_TIMEOUT_S)
+            if thread.is_alive():
+                log.error(
+                    "telemetry: thread %s did not stop within %.0f s",
+                    thread.name,
+                    THREAD_JOIN_TIMEOUT_S,
+                )
+        if self._link is not None:
+            self._link.stop(self._status_offline(reason, clean=True), STOP_FLUSH_TIMEOUT_S)
+        elif self._lines is not None and self._started:
+            self._lines.write(self._status_offline(reason, clean=True))
+
+    def connection(self) -> dict[str, Any]:
+        """The telemetry section of the heartbeat; also for the local status line."""
+        state: dict[str, Any] = {"mode": "stdout", "connected": True, "last_error": None}
+        if self._link is not None:
+            state = {"mode": "mqtt", **self._link.state()}
+        if self._outbox is not None:
+            state["outbox_pending"] = self._outbox.pending
+            state["outbox_dropped"] = self._outbox.dropped
+        state["events_unsaved"] = self._events_unsaved
+        state["worker_errors"] = self._worker_errors
+        return state
+
+    # -- payloads -----------------------------------------------------------------------------
+
+    def _status_online(self) -> str:
+        return payloads.to_json(
+            payloads.status_online(
+                self._station_id,
+                at_utc=utc_now_iso(),
+                version=self._version,
+                started_utc=self._started_utc,
+                summary=self._summary,
+            )
+        )
+
+    def _status_offline(self, reason: str, *, clean: bool) -> str:
+        return payloads.to_json(
+            payloads.status_offline(
+                self._station_id,
+                at_utc=utc_now_iso(),
+                version=self._version,
+                started_utc=self._started_utc,
+                reason=reason,
+                clean=clean,
+            )
+        )
+
+    def _heartbeat(self) -> str:
+        pipeline: dict[str, Any] | None = None
+        error: str | None = None
+        try:
+            pipeline = self._status()
+        except Exception as exc:  # the pipeline's bug must not silence the heartbeat
+            log.exception("telemetry: the pipeline status snapshot failed")
+            error = f"{type(exc).__name__}: {exc}"
+        self._heartbeat_seq += 1
+        return payloads.to_json(
+            payloads.heartbeat(
+                self._station_id,
+                at_utc=utc_now_iso(),
+                seq=self._heartbeat_seq,
+                uptime_s=time.monotonic() - self._started_s,
+                system=self._system.sample(),
+                pipeline=pipeline,
+                status_error=error,
+                telemetry=self.connection(),
+            )
+        )
+
+    # -- threads ------------------------------------------------------------------------------
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _run(self) -> None:
+        next_heartbeat_s = time.monotonic()
+        connects_seen = 0
+        while not self._stop.is_set():
+            try:
+                now_s = time.monotonic()
+                connects = self._link.connects if self._link is not None else 0
+                if connects != connects_seen:  # just (re)connected: show the full picture now
+                    connects_seen, next_heartbeat_s = connects, now_s
+                if now_s >= next_heartbeat_s:
+                    self._send_heartbeat()
+                    next_heartbeat_s += self._heartbeat_s
+                    if next_heartbeat_s <= now_s:  # fell behind (suspend, overload): no burst
+                        next_heartbeat_s = now_s + self._heartbeat_s
+                if self._link is not None:
+                    self._link.pump_events()
+            except Exception:  # report, pause, carry on: telemetry must outlive its own bugs
+                self._worker_errors += 1
+                log.exception("telemetry worker failed; retrying in %.0f s", WORKER_ERROR_PAUSE_S)
+                self._stop.wait(WORKER_ERROR_PAUSE_S)
+            self._wake.wait(max(0.0, next_heartbeat_s - time.monotonic()))
+            self._wake.clear()
+
+    def _send_heartbeat(self) -> None:
+        if self._link is not None:
+            if not self._link.connected:  # nobody to tell: skip the work, keep seq contiguous
+                return
+            expiry_s = max(1, round(HEARTBEAT_EXPIRY_INTERVALS * self._heartbeat_s))
+            self._link.publish_heartbeat(self._heartbeat(), expiry_s)
+        elif self._lines is not None:
+            self._lines.write(self._heartbeat())
+
+    # -- commands -----------------------------------------------------------------------------
+
+    def _ping(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "pong": True,
+            "version": self._version,
+            "uptime_s": round(time.monotonic() - self._started_s, 3),
+        }
+
+    def _on_command(
+        self, name: str, payload: bytes, response_topic: str | None, correlation: bytes | None
+    ) -> None:
+        """Called in paho's network thread: hand over, never run the handler here."""
+        request = _Request(name, payload, response_topic, correlation)
+        try:
+            self._requests.put_nowait(request)
+        except queue.Full:
+            log.warning("command %r refused: %d commands already waiting", name, COMMAND_QUEUE_MAX)
+            reply = payloads.reply_error(
+                self._station_id,
+                at_utc=utc_now_iso(),
+                command=name,
+                code=BUSY,
+                message="too many commands waiting; try again later",
+            )
+            self._send_reply(request, reply)
+
+    def _run_commands(self) -> None:
+        while (request := self._requests.get()) is not None:
+            try:
+                reply = self._router.handle(request.name, request.payload, at_utc=utc_now_iso())
+                self._send_reply(request, reply)
+            except Exception:  # the router never raises; a reply that cannot be sent is logged
+                self._worker_errors += 1
+                log.exception("telemetry: command %r could not be answered", request.name)
+
+    def _send_reply(self, request: _Request, reply: dict[str, Any] | bytes) -> None:
+        if request.response_topic is None:
+            log.warning("command %r came without a response topic: no reply sent", request.name)
+            return
+        if self._link is None:
+            return
+        if isinstance(reply, bytes):
+            content_type = "image/jpeg" if reply[:2] == b"\xff\xd8" else "application/octet-stream"
+            body = reply
+        else:
+            content_type, body = "application/json", payloads.to_json(reply).encode("utf-8")
+        self._link.publish_reply(request.response_topic, request.correlation, body, content_type)
