@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 import signal
 import sys
@@ -12,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any
 
 from agent import __version__
 from agent.config import (
@@ -24,8 +23,10 @@ from agent.config import (
     load_secrets,
 )
 from agent.encode.ladder import format_bps
-from agent.events import Event, EventFanout
+from agent.events import EventFanout
 from agent.pipeline import Pipeline, run_until
+from agent.remote import command_handlers
+from agent.telemetry import Telemetry
 from agent.uplink.spool import SpoolError
 
 log = logging.getLogger("agent")
@@ -118,10 +119,22 @@ def serve(
     """Run the pipeline until SIGTERM/SIGINT (or `duration_s`), then stop cleanly: exit 0."""
     secrets = load_secrets(cfg)
     events = EventFanout()
-    out = JsonLines(sys.stdout, cfg.station_id)
-    events.subscribe(out.event)
     pipeline = Pipeline(cfg, secrets, events)
+    password = secrets.mqtt_password.get_secret_value() if secrets.mqtt_password else None
+    telemetry = Telemetry(
+        cfg.mqtt,
+        station_id=cfg.station_id,
+        state_dir=cfg.spool.path / "telemetry",
+        status=pipeline.status,
+        summary=pipeline.summary(),
+        commands=command_handlers(pipeline),
+        version=__version__,
+        password=password,
+        spool_path=cfg.spool.path,
+    )
+    events.subscribe(telemetry.emit)
     stop = threading.Event()
+    reload_requested = threading.Event()
     reason = ["signal"]
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -131,37 +144,32 @@ def serve(
     def on_hangup(_signum: int, _frame: FrameType | None) -> None:
         reload_requested.set()
 
-    reload_requested = threading.Event()
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_hangup)
     try:
+        telemetry.start()
         pipeline.start()
-    except SpoolError as exc:
+    except (SpoolError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        telemetry.stop(f"start failed: {exc}")
         return 2
     deadline_s = None if duration_s is None else time.monotonic() + duration_s
-    next_heartbeat_s = time.monotonic()
 
     def tick() -> None:
-        nonlocal next_heartbeat_s
-        now_s = time.monotonic()
         pipeline.supervise()
         if reload_requested.is_set():
             reload_requested.clear()
             _reload_secrets(pipeline, config_path)
-        status = pipeline.status()
-        if now_s >= next_heartbeat_s:
-            out.heartbeat(status)
-            next_heartbeat_s = now_s + 10
         if status_line:
-            print(describe(status), file=sys.stderr, flush=True)
-        if deadline_s is not None and now_s >= deadline_s:
+            print(describe(pipeline.status()), file=sys.stderr, flush=True)
+        if deadline_s is not None and time.monotonic() >= deadline_s:
             reason[0] = "demo duration reached"
             stop.set()
 
     run_until(pipeline, stop, tick)
     pipeline.stop(reason[0])
+    telemetry.stop(reason[0])
     return 0
 
 
@@ -191,40 +199,3 @@ def _describe_uplink(uplink: dict[str, Any] | None) -> str:
     if uplink is None:
         return ""
     return f" | uploaded {uplink['uploaded']}, backlog {uplink['backlog_segments']}"
-
-
-class JsonLines:
-    """Heartbeats and events as JSON lines on stdout (no MQTT broker configured)."""
-
-    SCHEMA_VERSION = 1
-
-    def __init__(self, out: TextIO, station_id: str) -> None:
-        self._out = out
-        self._station_id = station_id
-        self._lock = threading.Lock()
-        self._seq = 0
-
-    def _write(self, kind: str, body: dict[str, object]) -> None:
-        from agent.events import utc_now_iso
-
-        line = {"schema": self.SCHEMA_VERSION, "type": kind, "station_id": self._station_id}
-        line |= {"ts": utc_now_iso()} | body
-        with self._lock:
-            self._out.write(json.dumps(line, default=str) + "\n")
-            self._out.flush()
-
-    def event(self, event: Event) -> None:
-        self._write(
-            "event",
-            {
-                "kind": event.kind,
-                "severity": event.severity,
-                "message": event.message,
-                "at": event.at_utc,
-                "fields": event.fields,
-            },
-        )
-
-    def heartbeat(self, status: dict[str, object]) -> None:
-        self._seq += 1
-        self._write("heartbeat", {"seq": self._seq} | status)

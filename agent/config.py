@@ -27,6 +27,7 @@ from pydantic import (
 from agent.capture.health_config import HealthConfig
 from agent.capture.privacy import PrivacyConfig
 from agent.encode.ladder import AdaptConfig
+from agent.telemetry.config import MqttConfig
 
 DEFAULT_CONFIG_PATH = Path("/etc/station-agent/config.toml")
 STATION_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
@@ -162,6 +163,7 @@ class AgentConfig(Section):
     adapt: AdaptConfig = AdaptConfig()
     health: HealthConfig = HealthConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    mqtt: MqttConfig | None = None  # None: heartbeats and events as JSON lines on stdout
 
 
 class Secrets(BaseModel):
@@ -170,6 +172,7 @@ class Secrets(BaseModel):
     model_config = ConfigDict(frozen=True)
     http_token: SecretStr | None = None
     http_password: SecretStr | None = None
+    mqtt_password: SecretStr | None = None
 
 
 def load_config(path: Path) -> AgentConfig:
@@ -234,4 +237,6 @@ def load_secrets(cfg: AgentConfig) -> Secrets:
         values["http_token"] = read_secret(http.token_file, "upload token")
     if http is not None and http.password_file is not None:
         values["http_password"] = read_secret(http.password_file, "upload password")
+    if cfg.mqtt is not None and cfg.mqtt.password_file is not None:
+        values["mqtt_password"] = read_secret(cfg.mqtt.password_file, "MQTT password")
     return Secrets(**values)

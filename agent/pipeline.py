@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from agent import __version__
 from agent.capture.capture import Capture
 from agent.capture.health import CameraHealth, read_reference
 from agent.capture.privacy import PrivacyMasker
@@ -150,13 +149,15 @@ class Pipeline:
             log.debug("bitrate %s -> %s: %s", before.name, rung.name, reason)
         return rung
 
-    def pin_rung(self, label: str | None) -> Rung | None:
-        """Manual override from central staff: a ladder label pins, None returns to auto."""
+    def pin_rung(self, label: str) -> Rung:
+        """Manual override from central staff: the highest ladder rung at or below `label`."""
         with self._controller_lock:
-            if label is None:
-                self.controller.auto()
-                return None
             return self.controller.pin(label)
+
+    def auto_rung(self) -> None:
+        """End a pin: adaptation resumes."""
+        with self._controller_lock:
+            self.controller.auto()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -171,17 +172,8 @@ class Pipeline:
         self.encode.start()
         if self.uploader is not None:
             self.uploader.start()
-        self.events.emit(
-            Event(
-                "started",
-                "info",
-                f"station-agent {__version__} started",
-                {"version": __version__, "source": self.cfg.capture.source},
-            )
-        )
 
     def stop(self, reason: str = "stopped") -> None:
-        self.events.emit(Event("stopping", "info", f"stopping: {reason}", {"reason": reason}))
         self.encode.stop(timeout_s=self.cfg.encode.segment_s * 3 + 5)
         self.capture.stop()
         self._segments.put(None)
@@ -234,12 +226,23 @@ class Pipeline:
 
     # -- status ----------------------------------------------------------------------------
 
+    def summary(self) -> dict[str, Any]:
+        """What this station is set up to do (retained status message)."""
+        return {
+            "source": self.cfg.capture.source,
+            "ladder_top": self.controller.ladder[-1].name,
+            "ladder_bottom": self.controller.ladder[0].name,
+            "uplinks": self._uplink_names(),
+            "segment_s": self.cfg.encode.segment_s,
+            "privacy_masks": self.masker.active_count,
+        }
+
     def status(self) -> dict[str, Any]:
+        """The live snapshot for heartbeats; sections that do not apply are left out."""
         now_s = time.monotonic()
         capture = self.capture.status(now_s)
-        capture["fps_out"] = self.cfg.capture.fps
-        return {
-            "uptime_s": round(now_s - self.started_mono_s, 1),
+        capture["fps_out"] = self.encode.rung.fps
+        sections: dict[str, Any] = {
             "capture": capture,
             "encode": self.encode.status()
             | {"adapt_reason": self.controller.reason, "pinned": self._pinned_name()},
@@ -248,6 +251,7 @@ class Pipeline:
             "health": self.health.snapshot() if self.cfg.health.enabled else None,
             "privacy": self.masker.snapshot(),
         }
+        return {key: value for key, value in sections.items() if value is not None}
 
 
 def run_until(pipeline: Pipeline, stop: threading.Event, tick: Callable[[], None]) -> None:

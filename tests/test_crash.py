@@ -52,4 +52,4 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path) -> None:
     assert spool.lost() == []
     assert [r.seq for r in spool.segments()] == list(range(len(spool.segments())))
     kinds = [line.get("kind") for line in agent.json_lines() if line.get("type") == "event"]
-    assert "stopping" in kinds
+    assert "agent_stopping" in kinds
