@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -26,6 +28,8 @@ from agent.encode.ladder import format_bps
 from agent.events import EventFanout
 from agent.pipeline import Pipeline, run_until
 from agent.remote import command_handlers
+from agent.sdnotify import SdNotifier
+from agent.supervision import ProgressWatchdog, Supervisor
 from agent.telemetry import Telemetry
 from agent.uplink.spool import SpoolError
 
@@ -133,6 +137,10 @@ def serve(
         spool_path=cfg.spool.path,
     )
     events.subscribe(telemetry.emit)
+    notifier = SdNotifier(os.environ)  # systemd Type=notify; does nothing outside systemd
+    faulthandler.enable()  # a watchdog abort leaves every thread's stack in the journal
+    progress = ProgressWatchdog(cfg.watchdog.deadlines_s(), time.monotonic())
+    supervisor = Supervisor(notifier, progress, pipeline.status_line, sink=events)
     stop = threading.Event()
     reload_requested = threading.Event()
     reason = ["signal"]
@@ -154,10 +162,14 @@ def serve(
         print(f"error: {exc}", file=sys.stderr)
         telemetry.stop(f"start failed: {exc}")
         return 2
+    notifier.ready(pipeline.status_line())
     deadline_s = None if duration_s is None else time.monotonic() + duration_s
 
     def tick() -> None:
+        now_s = time.monotonic()
         pipeline.supervise()
+        pipeline.report_progress(progress, now_s)
+        supervisor.tick(now_s)
         if reload_requested.is_set():
             reload_requested.clear()
             _reload_secrets(pipeline, config_path)
@@ -167,7 +179,8 @@ def serve(
             reason[0] = "demo duration reached"
             stop.set()
 
-    run_until(pipeline, stop, tick)
+    run_until(stop, tick, supervisor.interval_s)
+    notifier.stopping(f"stopping: {reason[0]}")
     pipeline.stop(reason[0])
     telemetry.stop(reason[0])
     return 0

@@ -154,6 +154,24 @@ class UplinkConfig(Section):
     http: HttpUplinkConfig | None = None
 
 
+class WatchdogConfig(Section):
+    """Seconds a stage may go without progress before the agent stops its systemd watchdog
+    pings (and systemd restarts it). A stage with nothing to do is never stalled."""
+
+    capture_s: float = Field(60.0, ge=1, le=3600)  # a frame, or a camera reopen attempt
+    encode_s: float = Field(20.0, ge=1, le=3600)  # an encoded frame
+    spool_s: float = Field(60.0, ge=1, le=3600)  # a segment stored while some are waiting
+    uplink_s: float = Field(90.0, ge=1, le=3600)  # bytes moving while an upload is running
+
+    def deadlines_s(self) -> dict[str, float]:
+        return {
+            "capture": self.capture_s,
+            "encode": self.encode_s,
+            "spool": self.spool_s,
+            "uplink": self.uplink_s,
+        }
+
+
 class AgentConfig(Section):
     station_id: Annotated[str, Field(pattern=STATION_ID_PATTERN)]
     capture: CaptureConfig = CaptureConfig()
@@ -164,6 +182,7 @@ class AgentConfig(Section):
     health: HealthConfig = HealthConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     mqtt: MqttConfig | None = None  # None: heartbeats and events as JSON lines on stdout
+    watchdog: WatchdogConfig = WatchdogConfig()
 
 
 class Secrets(BaseModel):

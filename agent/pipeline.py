@@ -25,6 +25,7 @@ from agent.encode.ladder import Rung, build_ladder
 from agent.encode.loop import BoundaryFigures, EncodeLoop
 from agent.encode.segmenter import EncodedSegment
 from agent.events import Event, EventFanout
+from agent.supervision import ProgressWatchdog, status_line
 from agent.uplink.controller import ControlInputs, RungController
 from agent.uplink.spool import Spool, SpoolError
 from agent.uplink.targets import HttpTarget, open_target
@@ -94,10 +95,40 @@ class Pipeline:
         self._segments: queue.Queue[EncodedSegment | None] = queue.Queue(SPOOL_QUEUE_SEGMENTS)
         self._spool_thread = threading.Thread(target=self._write_segments, name="spool")
         self.segments_stored = 0
+        self._progress_marks: dict[str, object] = {}
         self.last_stored_s = time.monotonic()
 
     def _uplink_names(self) -> list[str]:
         return ["http"] if self.cfg.uplink.http is not None else []
+
+    def report_progress(self, progress: ProgressWatchdog, now_s: float) -> None:
+        """Tell the watchdog which stages moved since the last call, from their counters.
+        A stage with nothing to do is idle (never stalled); a hung thread stops its counter."""
+
+        def moved(stage: str, counter: object) -> None:
+            if self._progress_marks.get(stage) != counter:
+                self._progress_marks[stage] = counter
+                progress.beat(stage, now_s)
+
+        moved("capture", (self.capture.frames_in, self.capture.open_attempts))
+        moved("encode", self.encode.frames_out)
+        if self._segments.empty():
+            progress.idle("spool", now_s)
+        else:
+            progress.busy("spool", now_s)
+            moved("spool", self.segments_stored)
+        figures = None if self.uploader is None else self.uploader.figures
+        if figures is None or figures.busy_since_s is None:
+            progress.idle("uplink", now_s)  # waiting for a segment or in backoff: not hung
+        else:
+            progress.busy("uplink", now_s)
+            moved("uplink", figures.sent_bytes)
+
+    def status_line(self) -> str:
+        """For `systemctl status`: e.g. "streaming 720p30 1.5 Mbit/s, backlog 0"."""
+        state = "streaming" if self.capture.state == "running" else "NO CAMERA, recording card"
+        backlog = self.spool.backlog("http")[0] if self.uploader else 0
+        return status_line(state, self.encode.rung, self.encode.last_bitrate_bps, backlog)
 
     def _reference(self) -> np.ndarray | None:
         path = self.cfg.health.reference_image
@@ -254,7 +285,7 @@ class Pipeline:
         return {key: value for key, value in sections.items() if value is not None}
 
 
-def run_until(pipeline: Pipeline, stop: threading.Event, tick: Callable[[], None]) -> None:
-    """The main supervision loop: calls `tick` every second until `stop` is set."""
-    while not stop.wait(1.0):
+def run_until(stop: threading.Event, tick: Callable[[], None], interval_s: float) -> None:
+    """The main supervision loop: calls `tick` every `interval_s` until `stop` is set."""
+    while not stop.wait(interval_s):
         tick()

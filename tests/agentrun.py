@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -12,6 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.config import AgentConfig, load_secrets
+from agent.events import EventFanout, RecordingSink
+from agent.pipeline import Pipeline
+from agent.uplink.spool import Spool
+
+STATION = "TEST-0001"
 SMALL_CAPTURE = {"source": "test:", "width": 320, "height": 240, "fps": 15}
 SMALL_RUNG = {"width": 320, "height": 240, "fps": 15, "bitrate_bps": 300_000}
 
@@ -56,7 +63,7 @@ def write_toml(path: Path, data: dict[str, Any]) -> Path:
 def agent_config(tmp: Path, **sections: Any) -> dict[str, Any]:
     """A small, fast config: 320x240@15 test source, 1 s segments, spool under tmp."""
     data: dict[str, Any] = {
-        "station_id": "TEST-0001",
+        "station_id": STATION,
         "capture": dict(SMALL_CAPTURE),
         "encode": {"segment_s": 1.0, "preset": "ultrafast"},
         "adapt": {"ladder": [SMALL_RUNG]},
@@ -131,3 +138,37 @@ def wait_until(predicate: Any, timeout_s: float, interval_s: float = 0.05) -> bo
             return True
         time.sleep(interval_s)
     return bool(predicate())
+
+
+class Running:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.events = EventFanout()
+        self.sink = RecordingSink()
+        self.events.subscribe(self.sink.emit)
+        self.pipeline = Pipeline(cfg, load_secrets(cfg), self.events)
+
+    @property
+    def spool(self) -> Spool:
+        return self.pipeline.spool
+
+    def pending(self) -> int:
+        return len(self.spool.pending("http"))
+
+    def stop(self) -> Spool:
+        if self.pipeline.encode.alive:
+            self.pipeline.stop("test over")
+        return Spool.open_read_only(self.cfg.spool.path)
+
+
+def assert_all_on_server(spool: Spool, upstream: Path) -> None:
+    records = spool.segments()
+    assert records, "nothing was recorded"
+    assert spool.lost() == []
+    for record in records:
+        path = upstream / record.file_name
+        assert path.exists(), f"segment {record.seq} missing upstream"
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == record.sha256, record.seq
+        assert "http" in record.uploaded_to
+    names = {p.name for p in upstream.glob("*.ts")}
+    assert names == {r.file_name for r in records}, "an upload landed under another name"

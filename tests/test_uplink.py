@@ -2,78 +2,34 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from agentrun import AgentProcess, agent_config, spool_seqs, wait_until, write_toml
+from agentrun import (
+    STATION,
+    AgentProcess,
+    Running,
+    agent_config,
+    assert_all_on_server,
+    spool_seqs,
+    wait_until,
+    write_toml,
+)
 from faultproxy import FaultProxy
 from servers import Nginx, ffprobe_json
 
 from agent.config import AgentConfig, config_from_dict, load_secrets
-from agent.events import EventFanout, RecordingSink
-from agent.pipeline import Pipeline
 from agent.uplink.spool import Spool
 
-STATION = "TEST-0001"
 FAST_RETRY = {"backoff_max_s": 0.5, "timeout_s": 2.0, "archive_interval_s": 0}
 
 
 def uplink_config(tmp: Path, url: str, **http: Any) -> AgentConfig:
     return config_from_dict(agent_config(tmp, uplink={"http": {"url": url} | FAST_RETRY | http}))
-
-
-class Running:
-    def __init__(self, cfg: AgentConfig) -> None:
-        self.cfg = cfg
-        self.events = EventFanout()
-        self.sink = RecordingSink()
-        self.events.subscribe(self.sink.emit)
-        self.pipeline = Pipeline(cfg, load_secrets(cfg), self.events)
-
-    @property
-    def spool(self) -> Spool:
-        return self.pipeline.spool
-
-    def pending(self) -> int:
-        return len(self.spool.pending("http"))
-
-    def stop(self) -> Spool:
-        if self.pipeline.encode.alive:
-            self.pipeline.stop("test over")
-        return Spool.open_read_only(self.cfg.spool.path)
-
-
-@pytest.fixture
-def run_agent() -> Iterator[Callable[[AgentConfig], Running]]:
-    started: list[Running] = []
-
-    def make(cfg: AgentConfig) -> Running:
-        running = Running(cfg)
-        started.append(running)
-        running.pipeline.start()
-        return running
-
-    yield make
-    for running in started:
-        running.stop()
-
-
-def assert_all_on_server(spool: Spool, upstream: Path) -> None:
-    records = spool.segments()
-    assert records, "nothing was recorded"
-    assert spool.lost() == []
-    for record in records:
-        path = upstream / record.file_name
-        assert path.exists(), f"segment {record.seq} missing upstream"
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == record.sha256, record.seq
-        assert "http" in record.uploaded_to
-    names = {p.name for p in upstream.glob("*.ts")}
-    assert names == {r.file_name for r in records}, "an upload landed under another name"
 
 
 def playlist_seqs(text: str) -> list[int]:

@@ -68,6 +68,7 @@ class Capture:
         self.state = "stopped"
         self.frames_in = 0
         self.frames_dropped = 0
+        self.open_attempts = 0
         self.outage_count = 0
         self.outages: deque[Outage] = deque(maxlen=MAX_OUTAGES_KEPT)
         self._arrivals: deque[float] = deque()
@@ -124,6 +125,7 @@ class Capture:
         while not self._stop.is_set():
             source = self._factory()
             self._description = source.description
+            self.open_attempts += 1
             try:
                 self.state = "opening"
                 source.open()

@@ -20,6 +20,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+NOISE_FIELDS = 7  # more than x264's reference frames, so noise never repeats within reach
+
 
 class SourceError(Exception):
     """The source cannot deliver frames (not found, unplugged, stream ended badly)."""
@@ -39,7 +41,9 @@ class TestPatternSource:
     """Synthetic camera: colour bars, a moving disc, a sweeping bar and a running clock.
 
     Cheap: the static background is drawn once; each frame is one copy plus two small drawings.
-    Paced by the monotonic clock to the requested frame rate, like a real camera.
+    Paced by the monotonic clock to the requested frame rate, like a real camera. `test:noise`
+    adds heavy sensor-like noise (from a few pre-made noise fields), so the encoder needs its
+    whole bitrate: the way to load a link in tests and benchmarks.
     """
 
     __test__ = False  # not a pytest test class
@@ -51,11 +55,18 @@ class TestPatternSource:
         fps: int,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        noise: bool = False,
     ) -> None:
-        self.description = f"test pattern {width}x{height}@{fps}"
+        self.description = f"test pattern {width}x{height}@{fps}" + (" with noise" if noise else "")
         self._width, self._height, self._fps = width, height, fps
         self._clock, self._sleep = clock, sleep
         self._background = _bars(width, height)
+        rng = np.random.default_rng(0)
+        self._noise = (
+            [rng.integers(0, 96, (height, width, 3), dtype=np.uint8) for _ in range(NOISE_FIELDS)]
+            if noise
+            else []
+        )
         self._index = 0
         self._next_s = 0.0
 
@@ -67,8 +78,11 @@ class TestPatternSource:
         if delay_s > 0:
             self._sleep(delay_s)
         self._next_s = max(self._next_s + 1.0 / self._fps, self._clock() - 1.0)
-        frame = self._background.copy()
         w, h, i = self._width, self._height, self._index
+        if self._noise:
+            frame = cv2.add(self._background, self._noise[i % len(self._noise)])
+        else:
+            frame = self._background.copy()
         phase = i / (self._fps * 4.0)
         cx = int(w / 2 + w / 3 * math.cos(2 * math.pi * phase))
         cy = int(h / 2 + h / 4 * math.sin(4 * math.pi * phase))
@@ -183,7 +197,7 @@ _USERINFO = re.compile(r"(://[^:/@]+:)[^@/]*@")
 def open_source(spec: str, width: int, height: int, fps: int) -> FrameSource:
     """The source for a config `source` string (not yet opened)."""
     if spec.startswith("test:"):
-        return TestPatternSource(width, height, fps)
+        return TestPatternSource(width, height, fps, noise=spec == "test:noise")
     return OpenCvSource(spec, width, height, fps)
 
 

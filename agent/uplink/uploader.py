@@ -50,6 +50,7 @@ class UploadFigures:
     last_upload_utc: str | None = None
     last_error: str | None = None
     busy_since_s: float | None = None  # monotonic start of the upload in progress
+    sent_bytes: int = 0  # bytes handed to the network so far (moves while an upload runs)
 
 
 class _Rejected(Exception):
@@ -190,8 +191,12 @@ class SegmentUploader:
         ticket = self.estimator.upload_started(started_s, len(data))
         ok = False
         try:
+            reported = 0
 
             def progress(sent: int) -> None:
+                nonlocal reported
+                self.figures.sent_bytes += sent - reported
+                reported = sent
                 self.estimator.upload_progress(ticket, time.monotonic(), sent)
 
             self.target.put(record.file_name, data, TS_TYPE, record.sha256, progress=progress)
