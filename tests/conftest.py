@@ -5,6 +5,7 @@
         server = nginx_factory(bearer_token="s3cret")          # started with options
     def test_z(nginx: Nginx, fault_proxy: ProxyFactory) -> None:
         proxy = fault_proxy("127.0.0.1", nginx.http_port)      # started, stopped at teardown
+    fault_proxy_process(...)  # same API, in a child process: for PyAV RTMP (holds the GIL)
 
 Helpers for test modules live in tests/servers.py (`Nginx`, `ffprobe_json`, `free_port`,
 `port_open`) and tests/faultproxy.py (`FaultProxy`); import them as `from servers import ...`.
@@ -16,11 +17,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from faultproxy import FaultProxy
+from agentrun import Running
+from faultproxy import FaultProxy, SubprocessFaultProxy
 from servers import Nginx, check_installed
+
+from agent.config import AgentConfig
 
 NginxFactory = Callable[..., Nginx]
 ProxyFactory = Callable[..., FaultProxy]
+ProcessProxyFactory = Callable[..., SubprocessFaultProxy]
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +62,39 @@ def fault_proxy() -> Iterator[ProxyFactory]:
 
     def make(target_host: str, target_port: int, **options: Any) -> FaultProxy:
         proxy = FaultProxy(target_host, target_port, **options)
+        started.append(proxy)
+        proxy.start()
+        return proxy
+
+    yield make
+    for proxy in started:
+        proxy.stop()
+
+
+@pytest.fixture
+def run_agent() -> Iterator[Callable[[AgentConfig], Running]]:
+    """Starts a whole agent pipeline in-process; stopped cleanly at teardown."""
+    started: list[Running] = []
+
+    def make(cfg: AgentConfig) -> Running:
+        running = Running(cfg)
+        started.append(running)
+        running.pipeline.start()
+        return running
+
+    yield make
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture
+def fault_proxy_process() -> Iterator[ProcessProxyFactory]:
+    """Like fault_proxy, but the proxy runs in a child process: use it for clients that hold
+    the GIL while blocked on the network (PyAV RTMP output), which deadlock in-process."""
+    started: list[SubprocessFaultProxy] = []
+
+    def make(target_host: str, target_port: int, **options: Any) -> SubprocessFaultProxy:
+        proxy = SubprocessFaultProxy(target_host, target_port, **options)
         started.append(proxy)
         proxy.start()
         return proxy

@@ -4,9 +4,9 @@
     client -> proxy.url_for("/ingest/x.ts") -> nginx
 
 Faults (all settable at run time from the test thread):
-- `set_rate(bps)` / `set_down_rate(bps)`: token-bucket throttle of client->server (and
-  server->client) shared by all connections, like one access link; None = unthrottled.
-  A change reaches open connections within RATE_POLL_S.
+- `set_rate(bps)` (or `rate_bps = bps`) / `set_down_rate(bps)`: token-bucket throttle in
+  bits per second of client->server (and server->client), shared by all connections like one
+  access link; None = unthrottled. A change reaches open connections within RATE_POLL_S.
 - `reset_after_bytes(n, times)`: the next `times` units get a TCP RST (SO_LINGER 0) towards
   the client after n more bytes of client data were forwarded (n=0: before any byte).
 - `stall(seconds, times)`: the next `times` units forward nothing for `seconds`, then resume.
@@ -21,13 +21,20 @@ request framing from the client only: Content-Length bodies (httpx's uploads). L
 chunked request, a head over MAX_HEAD_BYTES or a stream whose first byte is not a method
 letter (TLS, RTMP) turns the rest of that connection into plain byte forwarding (no injection,
 faults claimed once per connection); pipelined requests are not supported (httpx does not
-pipeline); an injected answer to `Expect: 100-continue` closes the connection.
+pipeline); an injected answer to `Expect: 100-continue` closes the connection. A claimed
+reset keeps counting across the following requests of its connection.
+
+`counters()` is a snapshot (connections, bytes each way, requests, faults); bytes are counted
+just before they are written, so whatever a peer has seen is already counted. `wait_until(
+predicate, timeout_s)` waits for a counter condition. `SubprocessFaultProxy` is the same API
+run in a child process, for clients that hold the GIL on the network (PyAV RTMP).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import socket
 import struct
 import threading
@@ -36,6 +43,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
+from multiprocessing.managers import BaseManager
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +63,8 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_CONNECTIONS = 32
 CONNECT_TIMEOUT_S = 5.0
 JOIN_TIMEOUT_S = 2.0
+# SubprocessFaultProxy.wait_until polls the child this often (a round trip is ~0.1 ms).
+SUBPROCESS_POLL_S = 0.02
 _LINGER_RST = struct.pack("ii", 1, 0)
 
 
@@ -221,12 +232,19 @@ class FaultProxy:
             self._listener.close()
             self._listener = None
 
+    def get_port(self) -> int:
+        return self.port
+
     def url_for(self, path: str = "", scheme: str = "http") -> str:
         return f"{scheme}://127.0.0.1:{self.port}{path}"
 
     @property
     def rate_bps(self) -> float | None:
         return self.up.rate_bps
+
+    @rate_bps.setter
+    def rate_bps(self, rate_bps: float | None) -> None:
+        self.up.set_rate(rate_bps)
 
     def set_rate(self, rate_bps: float | None) -> None:
         self.up.set_rate(rate_bps)
@@ -447,14 +465,16 @@ class _Link:
         self._spawn(self._run_down, "down")
         self._pump_up()
         self._check()
-        server.shutdown(socket.SHUT_WR)  # client finished sending: pass its FIN on
+        with contextlib.suppress(OSError):  # the server may have gone already
+            server.shutdown(socket.SHUT_WR)  # client finished sending: pass its FIN on
 
     def _run_down(self) -> None:
         assert self.server is not None
         while data := self._recv(self.server):
             self._send(self.client, data, up=False)
         self._check()
-        self.client.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(OSError):  # the client may have gone already
+            self.client.shutdown(socket.SHUT_WR)  # server finished: pass its FIN on
 
     def _pump_up(self) -> None:
         buf = bytearray()
@@ -500,8 +520,8 @@ class _Link:
             close = head.close or head.expect_continue
             if not head.expect_continue:
                 self._swallow(buf, head.content_length)
-            self._write(self.client, render_response(code, headers, close))
             self.proxy._count(injected=1)
+            self._write(self.client, render_response(code, headers, close))
             log.info("fault proxy: answered %s with %d", head.method, code)
             return not close
         remaining = head_end + head.content_length
@@ -578,15 +598,13 @@ class _Link:
                 want = min(want, self._reset_left)
             n = bucket.take(want, self._cancelled)
             self._check()  # take() gives 0 only when cancelled
+            # Counted before the write: whatever a peer has seen is already in the counters.
+            self.proxy._count(**{"bytes_up" if up else "bytes_down": n})
             self._write(sock, view[:n])
             view = view[n:]
-            if up:
-                self.proxy._count(bytes_up=n)
-                if self._reset_left is not None:
-                    self._reset_left -= n
-                    self._maybe_reset()
-            else:
-                self.proxy._count(bytes_down=n)
+            if up and self._reset_left is not None:
+                self._reset_left -= n
+                self._maybe_reset()
 
 
 def _close_rst(sock: socket.socket) -> None:
@@ -594,3 +612,82 @@ def _close_rst(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):  # already dead: close() below is all that is left
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
     sock.close()
+
+
+class _ProxyHost(BaseManager):
+    """A child process holding one FaultProxy; method calls travel over a pipe."""
+
+
+_ProxyHost.register("FaultProxy", FaultProxy)
+
+
+class SubprocessFaultProxy:
+    """The same FaultProxy, run in a child process.
+
+    Needed for clients that keep the GIL while they wait on the network: PyAV's first mux()
+    on an RTMP output (avformat_write_header: connect + publish) waits for the server with the
+    GIL held, so an in-process proxy never gets to forward the answer and both hang. (Later
+    mux() calls release the GIL while blocked.) `wait_until` polls instead of waiting on a
+    condition (a predicate cannot cross the process boundary). The child is started with
+    "spawn": a script (not pytest) using this needs the `if __name__ == "__main__":` guard.
+    """
+
+    def __init__(self, target_host: str, target_port: int, *, http: bool = True) -> None:
+        self._host = _ProxyHost(ctx=multiprocessing.get_context("spawn"))
+        self._host.start()
+        self._proxy: Any = self._host.FaultProxy(target_host, target_port, http=http)  # type: ignore[attr-defined]
+        self.port: int = self._proxy.get_port()
+
+    def start(self) -> None:
+        self._proxy.start()
+
+    def stop(self) -> None:
+        try:
+            self._proxy.stop()
+        finally:
+            self._host.shutdown()
+
+    def url_for(self, path: str = "", scheme: str = "http") -> str:
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
+
+    def set_rate(self, rate_bps: float | None) -> None:
+        self._proxy.set_rate(rate_bps)
+
+    def set_down_rate(self, rate_bps: float | None) -> None:
+        self._proxy.set_down_rate(rate_bps)
+
+    def reset_after_bytes(self, n: int, times: int = 1) -> None:
+        self._proxy.reset_after_bytes(n, times)
+
+    def stall(self, seconds: float, times: int = 1) -> None:
+        self._proxy.stall(seconds, times)
+
+    def inject_status(
+        self, code: int, times: int = 1, headers: dict[str, str] | None = None
+    ) -> None:
+        self._proxy.inject_status(code, times, headers)
+
+    def clear_faults(self) -> None:
+        self._proxy.clear_faults()
+
+    def refuse(self, on: bool) -> None:
+        self._proxy.refuse(on)
+
+    def counters(self) -> ProxyCounters:
+        counters: ProxyCounters = self._proxy.counters()
+        return counters
+
+    def wait_until(self, predicate: Callable[[ProxyCounters], bool], timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not predicate(self.counters()):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(SUBPROCESS_POLL_S)
+        return True
+
+    def __enter__(self) -> SubprocessFaultProxy:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -16,6 +16,7 @@ live, so `set_bearer_token()` can reload nginx and wait until the new rules are 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -48,6 +49,8 @@ RELOAD_TIMEOUT_S = 10.0
 POLL_INTERVAL_S = 0.02
 ERROR_LOG_TAIL_LINES = 30
 # RFC 6750 b64token characters: safe to put verbatim inside a quoted nginx string.
+# linux/prctl.h
+PR_SET_PDEATHSIG = 1
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9._~+/=-]+$")
 
 
@@ -109,6 +112,7 @@ class Nginx:
         self.conf_path = self.prefix / "nginx.conf"
         self.error_log = self.prefix / "error.log"
         self.access_log = self.prefix / "access.log"
+        self.stderr_log = self.prefix / "stderr.log"
         self.http_port = free_port()
         self.rtmp_port = free_port()
         self.control_port = free_port()
@@ -139,8 +143,12 @@ class Nginx:
         self._write_conf()
         cmd = [str(NGINX_BIN), "-p", str(self.prefix), "-c", str(self.conf_path)]
         cmd += ["-e", str(self.error_log), "-g", "daemon off;"]
-        # Own session: a fallback SIGKILL can take the workers down with the master.
-        self._proc = subprocess.Popen(cmd, start_new_session=True)
+        # Own session: a fallback SIGKILL can take the workers down with the master. Output
+        # to a file, so a test runner piped into `tail` is not held open by an orphan nginx.
+        with self.stderr_log.open("ab") as out:
+            self._proc = subprocess.Popen(
+                cmd, stdout=out, stderr=out, start_new_session=True, preexec_fn=_die_with_parent
+            )
         deadline = time.monotonic() + READY_TIMEOUT_S
         ports = (self.http_port, self.rtmp_port, self.control_port)
         while not all(port_open(p) for p in ports):
@@ -311,6 +319,12 @@ rtmp {{
 def _check_token(token: str | None) -> None:
     if token is not None and not _TOKEN_RE.match(token):
         raise ValueError("bearer token must be RFC 6750 b64token characters")
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM nginx when the test process dies (even by SIGKILL)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _children(pid: int) -> Iterator[int]:

@@ -5,22 +5,17 @@ from __future__ import annotations
 import io
 import os
 import ssl
-import subprocess
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
 
 import av
 import httpx
 import numpy as np
 import pytest
-from conftest import NginxFactory, ProxyFactory
+from conftest import NginxFactory, ProcessProxyFactory, ProxyFactory
 from faultproxy import parse_request_head
+from pki import make_pki
 from servers import Nginx, ffprobe_json, port_open
-
-if TYPE_CHECKING:
-    from pki import Pki
 
 FPS = 10
 WIDTH, HEIGHT = 160, 120
@@ -140,52 +135,9 @@ def test_ffprobe_error_is_loud(tmp_path: Path) -> None:
 # -- nginx: TLS -------------------------------------------------------------------------------
 
 
-@dataclass
-class _OpensslPki:
-    """Same shape as tests/pki.py's Pki, made with the openssl CLI when that module is absent."""
-
-    ca_cert: Path
-    ca_key: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-
-
-def _openssl_pki(d: Path) -> _OpensslPki:
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-    pki = _OpensslPki(
-        *(d / n for n in ("ca.pem", "ca.key", "srv.pem", "srv.key", "cli.pem", "cli.key"))
-    )
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test CA",
-        "-keyout", str(pki.ca_key), "-out", str(pki.ca_cert))  # fmt: skip
-    for cert, key, cn, ext in (
-        (pki.server_cert, pki.server_key, "127.0.0.1", "subjectAltName=IP:127.0.0.1"),
-        (pki.client_cert, pki.client_key, "AZ-0001", "extendedKeyUsage=clientAuth"),
-    ):
-        csr, ext_file = cert.with_suffix(".csr"), cert.with_suffix(".ext")
-        ext_file.write_text(ext + "\n")
-        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", str(key),
-            "-out", str(csr))  # fmt: skip
-        run("x509", "-req", "-in", str(csr), "-CA", str(pki.ca_cert), "-CAkey", str(pki.ca_key),
-            "-CAcreateserial", "-days", "2", "-extfile", str(ext_file),
-            "-out", str(cert))  # fmt: skip
-    return pki
-
-
-def _make_pki(d: Path) -> Pki:
-    try:
-        from pki import make_pki
-    except ImportError:
-        return cast("Pki", _openssl_pki(d))
-    return make_pki(d, "127.0.0.1")
-
-
 def test_tls_with_client_certificate(nginx_factory: NginxFactory, tmp_path: Path) -> None:
-    pki = _make_pki(tmp_path)
-    token = "tok"
+    pki = make_pki(tmp_path / "pki")
+    token = "tok"  # noqa: S105 - a test token
     nginx = nginx_factory(tls=pki, require_client_cert=True, bearer_token=token)
     assert nginx.url.startswith("https://127.0.0.1:")
     url, auth = f"{nginx.url}/AZ-0001/a.ts", {"Authorization": "Bearer tok"}
@@ -315,8 +267,8 @@ def test_proxy_refuse_is_link_down(nginx: Nginx, fault_proxy: ProxyFactory) -> N
     assert httpx.get(url).status_code == 200
 
 
-def test_proxy_forwards_rtmp_raw(nginx: Nginx, fault_proxy: ProxyFactory) -> None:
-    proxy = fault_proxy("127.0.0.1", nginx.rtmp_port)
+def test_proxy_forwards_rtmp_raw(nginx: Nginx, fault_proxy_process: ProcessProxyFactory) -> None:
+    proxy = fault_proxy_process("127.0.0.1", nginx.rtmp_port)  # PyAV holds the GIL in RTMP I/O
     _push_rtmp(f"rtmp://127.0.0.1:{proxy.port}/live/proxied", seconds=1.0)
     recording = nginx.wait_for_recording("proxied", timeout_s=EVENT_TIMEOUT_S)
     assert _video(ffprobe_json(recording))["codec_name"] == "h264"
