@@ -76,8 +76,10 @@ def test_real_process_prints_no_traceback(tmp_path: Path) -> None:
 
 def test_example_config_is_valid() -> None:
     example = Path(__file__).parent.parent / "provisioning" / "station.example.toml"
-    cfg = load_config(example)
+    cfg = load_config(example)  # file paths in it need not exist until provisioning
     assert cfg.station_id and cfg.spool.max_bytes == 20 * 10**9
+    assert cfg.mqtt is not None and cfg.uplink.http is not None and cfg.privacy.masks
+    assert cfg.health.reference_image == example.parent / "reference.png"
 
 
 @pytest.mark.parametrize(
