@@ -83,7 +83,8 @@ def bench_ffmpeg(work: Path, video: Path, bps: int, secs: float) -> dict:
     out = work / "ffmpeg-out"
     out.mkdir()
     gop = FPS * SEGMENT_S
-    text = "drawtext=fontfile=" + FONT + ":text='BENCH-0001  %{localtime\\:%Y-%m-%d %H\\\\\\:%M\\\\\\:%S}'"
+    clock = r"%{localtime\:%Y-%m-%d %H\\\:%M\\\:%S}"
+    text = f"drawtext=fontfile={FONT}:text='BENCH-0001  {clock}'"
     text += ":x=12:y=12:fontsize=32:fontcolor=white:box=1:boxcolor=black"
     cmd = [
         "ffmpeg", "-v", "error", "-re", "-stream_loop", "-1", "-i", str(video), "-vf", text,
