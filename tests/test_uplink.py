@@ -183,3 +183,44 @@ def test_kill_9_during_uploads_loses_nothing_and_duplicates_nothing(
     spool = Spool.open_read_only(spool_dir)
     assert [r.seq for r in spool.segments()] == list(range(len(spool.segments())))
     assert_all_on_server(spool, nginx.root / STATION)
+
+
+def test_https_with_client_certificate_and_token(
+    nginx_factory: Callable[..., Nginx],
+    tmp_path: Path,
+    run_agent: Callable[[AgentConfig], Running],
+) -> None:
+    from pki import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    token = tmp_path / "token"
+    token.write_text("tls-token\n")
+    server = nginx_factory(tls=pki, require_client_cert=True, bearer_token="tls-token")  # noqa: S106
+    assert server.url.startswith("https://")
+    tls = {
+        "token_file": str(token),
+        "ca_file": str(pki.ca_cert),
+        "cert_file": str(pki.client_cert),
+        "key_file": str(pki.client_key),
+    }
+    running = run_agent(uplink_config(tmp_path, server.url, **tls))
+    assert wait_until(lambda: running.pipeline.segments_stored >= 3, timeout_s=30)
+    assert wait_until(lambda: running.pending() == 0, timeout_s=30), running.sink.kinds()
+    assert_all_on_server(running.stop(), server.root / STATION)
+
+
+def test_wrong_ca_is_refused_with_a_clear_reason_and_nothing_lost(
+    nginx_factory: Callable[..., Nginx],
+    tmp_path: Path,
+    run_agent: Callable[[AgentConfig], Running],
+) -> None:
+    from pki import make_pki
+
+    server = nginx_factory(tls=make_pki(tmp_path / "server-pki"))
+    other_ca = make_pki(tmp_path / "other-pki").ca_cert
+    running = run_agent(uplink_config(tmp_path, server.url, ca_file=str(other_ca)))
+    down = running.sink.wait_for("uplink_down", timeout_s=30)
+    assert down is not None and "CERTIFICATE_VERIFY_FAILED" in down.message, down
+    stored = running.pipeline.segments_stored
+    assert wait_until(lambda: running.pipeline.segments_stored >= stored + 2, timeout_s=30)
+    assert running.pending() >= 2 and running.spool.lost() == []
