@@ -41,6 +41,8 @@ SUBCOMMAND_MODULES = (
     "agent.uplink.spool_cli",
     "agent.capture.health_cli",
     "agent.capture.mask_cli",
+    "agent.check_cli",
+    "agent.provision_cli",
 )
 
 

@@ -43,8 +43,10 @@ def make_input(path: Path, width: int, height: int, seconds: int) -> None:
 
 def run_measured(cmd: list[str], seconds: float, stop_signal: int) -> tuple[float, float]:
     """Run `cmd` for `seconds` of wall time; returns (cpu_s, peak_rss_mb) of the child."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(seconds)
+    if proc.poll() is not None:
+        raise RuntimeError(f"{cmd[0]} exited early: {proc.stderr.read().decode()[-500:]}")  # type: ignore[union-attr]
     proc.send_signal(stop_signal)
     _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status) not in (0, 255, -signal.SIGINT):
@@ -70,8 +72,12 @@ def bench_agent(work: Path, video: Path, width: int, height: int, bps: int, secs
         {
             "station_id": "BENCH-0001",
             "capture": {"source": f"file:{video}", "width": width, "height": height, "fps": FPS},
-            "encode": {"preset": "veryfast", "segment_s": SEGMENT_S, "bitrate_bps": bps},
+            "encode": {"preset": "veryfast", "segment_s": SEGMENT_S},
             "spool": {"path": str(work / "agent-spool"), "max_bytes": "10GB", "min_free_bytes": 0},
+            "adapt": {  # the same fixed rung as ffmpeg: no adaptation (no uplink either)
+                "enabled": False,
+                "ladder": [{"width": width, "height": height, "fps": FPS, "bitrate_bps": bps}],
+            },
         },
     )
     cmd = [sys.executable, "-m", "agent", "run", "--config", str(config)]

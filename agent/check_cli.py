@@ -1,0 +1,204 @@
+"""`station-agent check`: run the pre-flight list in order and print it.
+
+    station-agent check [--config FILE] [--json] [--snapshot-dir DIR] [--hours H]
+
+Each line: PASS / WARN / FAIL (SKIP when what it needs failed earlier), the check's name, what
+was measured and, below a WARN or FAIL, the fix. Exit code 0 only when nothing FAILs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from agent import check_net
+from agent.check import (
+    DEFAULT_HOURS,
+    LIMITS_S,
+    SERVICE,
+    CameraSample,
+    CheckOptions,
+    CheckResult,
+    bounded,
+    check_camera,
+    check_config,
+    check_encoder,
+    check_picture,
+    check_service,
+    check_spool,
+)
+from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, Secrets
+
+NEED_CONFIG = ("camera", "picture", "encoder", "upload", "throughput", "mqtt", "clock", "spool")
+STOP_START_TIMEOUT_S = 90.0  # TimeoutStartSec of the unit is 60 s
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "check",
+        help="pre-flight check of this box: camera, picture, encoder, upload, MQTT, clock, disk",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, help="TOML config")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead")
+    p.add_argument(
+        "--snapshot-dir", type=Path, metavar="DIR",
+        help="where to save the masked camera snapshot (default: next to the spool, or /tmp)",
+    )  # fmt: skip
+    p.add_argument(
+        "--hours", type=float, default=DEFAULT_HOURS,
+        help=f"hours of video the spool disk must hold at the top rung (default {DEFAULT_HOURS:g})",
+    )  # fmt: skip
+    p.add_argument(
+        "--pause-service", action="store_true",
+        help="stop the running service during the checks (it holds the camera), start it after",
+    )  # fmt: skip
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    options = CheckOptions(
+        config_path=args.config,
+        snapshot_dir=args.snapshot_dir,
+        hours=args.hours,
+        pause_service=args.pause_service,
+    )
+    return check_and_print(options, as_json=args.json)
+
+
+def check_and_print(options: CheckOptions, as_json: bool = False) -> int:
+    """Runs the list, prints it (lines as they come, or one JSON object); the exit code."""
+    if not as_json:
+        print(f"station-agent check: {options.config_path}", flush=True)
+    results = run_checks(options, on_result=None if as_json else print_line)
+    ok = not any(r.result == "FAIL" for r in results)
+    if as_json:
+        print(json.dumps({"ok": ok, "checks": [r.as_dict() for r in results]}, indent=2))
+    else:
+        print(summary(results))
+    return 0 if ok else 1
+
+
+def format_line(result: CheckResult) -> str:
+    line = f"{result.result:<4}  {result.name:<10}  {result.detail}"
+    if result.fix and result.result in ("WARN", "FAIL"):
+        line += f"\n{'':16}fix: {result.fix}"
+    return line
+
+
+def print_line(result: CheckResult) -> None:
+    print(format_line(result), flush=True)
+
+
+def summary(results: list[CheckResult]) -> str:
+    counts = {kind: sum(r.result == kind for r in results) for kind in ("FAIL", "WARN", "PASS")}
+    text = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
+    if counts["FAIL"]:
+        return f"result: {text}. Fix the FAIL lines, then run check again."
+    if counts["WARN"]:
+        return f"result: {text}. Ready; read the WARN lines."
+    return f"result: {text}. Ready."
+
+
+def run_checks(
+    options: CheckOptions, on_result: Callable[[CheckResult], None] | None = None
+) -> list[CheckResult]:
+    """The whole list in order; `on_result` sees each result as soon as it is known."""
+    system = options.system
+    results: list[CheckResult] = []
+
+    def add(result: CheckResult) -> None:
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+
+    loaded: list[tuple[AgentConfig | None, Secrets | None]] = []
+
+    def config_check() -> CheckResult:
+        result, cfg, secrets = check_config(options.config_path)
+        loaded.append((cfg, secrets))
+        return result
+
+    add(bounded("config", LIMITS_S["config"], config_check))
+    cfg, secrets = loaded[0] if loaded else (None, None)
+    paused = options.pause_service and system.systemd()
+    if paused:  # one program at a time can read a USB camera
+        system.run(["systemctl", "stop", SERVICE], STOP_START_TIMEOUT_S)
+    if cfg is None or secrets is None:
+        for name in NEED_CONFIG:
+            if name == "clock":  # timedatectl needs no config
+                add(bounded(name, LIMITS_S[name], lambda: check_net.check_clock(None, system)))
+            else:
+                add(CheckResult(name, "SKIP", "skipped: config invalid"))
+    else:
+        _config_checks(cfg, secrets, options, add)
+    if paused:
+        system.run(["systemctl", "start", SERVICE], STOP_START_TIMEOUT_S)
+    add(bounded("service", LIMITS_S["service"], lambda: check_service(system)))
+    return results
+
+
+def _config_checks(
+    cfg: AgentConfig, secrets: Secrets, options: CheckOptions, add: Callable[[CheckResult], None]
+) -> None:
+    system = options.system
+    samples: list[CameraSample | None] = []
+
+    def camera() -> CheckResult:
+        result, sample = check_camera(cfg, system)
+        samples.append(sample)
+        return result
+
+    result = bounded("camera", LIMITS_S["camera"], camera)
+    if result.result == "FAIL" and not options.pause_service and _service_active(options):
+        fix = (
+            f"The running service is using the camera: run `sudo station-agent check "
+            f"--pause-service` (stops the stream for the checks). Otherwise: {result.fix}"
+        )
+        result = replace(result, fix=fix)
+    add(result)
+    sample = samples[0] if samples else None
+    snapshot_dir = options.snapshot_dir
+    add(
+        bounded(
+            "picture", LIMITS_S["picture"], lambda: check_picture(cfg, sample, snapshot_dir, system)
+        )
+    )
+    add(bounded("encoder", LIMITS_S["encoder"], lambda: check_encoder(cfg, sample, system)))
+    upload = bounded("upload", LIMITS_S["upload"], lambda: check_net.check_upload(cfg, secrets))
+    add(upload)
+    if upload.result == "FAIL":
+        add(CheckResult("throughput", "SKIP", "skipped: the upload check failed"))
+    else:
+        add(
+            bounded(
+                "throughput",
+                LIMITS_S["throughput"],
+                lambda: check_net.check_throughput(cfg, secrets, system),
+            )
+        )
+    add(bounded("mqtt", LIMITS_S["mqtt"], lambda: check_net.check_mqtt(cfg, secrets)))
+    add(bounded("clock", LIMITS_S["clock"], lambda: check_net.check_clock(cfg, system)))
+    add(bounded("spool", LIMITS_S["spool"], lambda: check_spool(cfg, options.hours)))
+
+
+def _service_active(options: CheckOptions) -> bool:
+    system = options.system
+    return system.systemd() and system.run(["systemctl", "is-active", SERVICE], 10.0)[1] == "active"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m agent.check_cli` until the subcommand is wired into agent/cli.py."""
+    parser = argparse.ArgumentParser(prog="station-agent")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["check", *(sys.argv[1:] if argv is None else argv)])
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

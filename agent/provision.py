@@ -1,0 +1,352 @@
+"""Provisioning: one station's answers -> a validated config file and its secret files.
+
+`StationValues` holds what a technician types (or a roster row gives). `validate` turns a bad
+value into one line naming the flag or roster column; `write_station` writes the secrets, the
+reference picture and the config (all 0600, written atomically) into a folder. The roster is a
+CSV file with one station per row (provisioning/roster.example.csv); secrets appear there only
+as paths of files, never inline. The CLI is agent/provision_cli.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import grp
+import os
+import pwd
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import SecretStr, ValidationError
+
+from agent.capture.health import write_reference
+from agent.capture.mask_cli import format_section
+from agent.capture.privacy import PrivacyConfig
+from agent.config import (
+    DEFAULT_CONFIG_PATH,
+    AgentConfig,
+    ConfigError,
+    describe_validation_error,
+    read_secret,
+)
+
+CONFIG_NAME = DEFAULT_CONFIG_PATH.name
+UPLOAD_TOKEN_NAME = "upload-token"  # noqa: S105 - a file name, not a secret
+MQTT_PASSWORD_NAME = "mqtt-password"  # noqa: S105 - a file name, not a secret
+REFERENCE_NAME = "reference.png"
+SERVICE_USER = "station-agent"
+DEFAULT_SPOOL = Path("/var/lib/station-agent/spool")
+DEFAULT_SIZE = (1280, 720, 30)  # 720p30: what the default ladder tops out at for a USB webcam
+FILE_MODE = 0o600
+DIR_MODE = 0o750
+
+# key in the config -> (command-line flag, roster column)
+FIELDS = {
+    "station_id": ("--station-id", "station_id"),
+    "capture.source": ("--camera", "camera"),
+    "capture.width": ("--width", "width"),
+    "capture.height": ("--height", "height"),
+    "capture.fps": ("--fps", "fps"),
+    "uplink.http.url": ("--upload-url", "upload_url"),
+    "uplink.http.token_file": ("--upload-token-file", "upload_token_file"),
+    "mqtt.url": ("--mqtt-url", "mqtt_url"),
+    "mqtt.username": ("--mqtt-username", "mqtt_username"),
+    "mqtt.password_file": ("--mqtt-password-stdin", "mqtt_password_file"),
+    "mqtt.prefix": ("--mqtt-prefix", "mqtt_prefix"),
+    "spool.path": ("--spool-path", "spool_path"),
+}
+REQUIRED_COLUMNS = ("station_id", "camera", "upload_url")
+ROSTER_COLUMNS = (
+    "station_id", "camera", "width", "height", "fps", "upload_url", "upload_token_file",
+    "mqtt_url", "mqtt_username", "mqtt_password_file", "mqtt_prefix", "spool_path",
+)  # fmt: skip
+INT_COLUMNS = ("width", "height", "fps")
+
+
+class ProvisionError(Exception):
+    """A value the technician can fix; the message is one line naming where it came from."""
+
+
+@dataclass(frozen=True)
+class StationValues:
+    station_id: str
+    camera: str
+    upload_url: str
+    width: int = DEFAULT_SIZE[0]
+    height: int = DEFAULT_SIZE[1]
+    fps: int = DEFAULT_SIZE[2]
+    upload_token: SecretStr | None = None
+    mqtt_url: str | None = None
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
+    mqtt_prefix: str | None = None
+    spool_path: Path = DEFAULT_SPOOL
+
+
+def config_data(values: StationValues, install_dir: Path, reference: bool) -> dict[str, Any]:
+    """The config as a TOML-shaped dict; secret files named where they will be on the box."""
+    http: dict[str, Any] = {"url": values.upload_url}
+    if values.upload_token is not None:
+        http["token_file"] = str(install_dir / UPLOAD_TOKEN_NAME)
+    data: dict[str, Any] = {
+        "station_id": values.station_id,
+        "capture": {
+            "source": values.camera,
+            "width": values.width,
+            "height": values.height,
+            "fps": values.fps,
+        },
+        "spool": {"path": str(values.spool_path)},
+        "uplink": {"http": http},
+    }
+    if values.mqtt_url:
+        mqtt: dict[str, Any] = {"url": values.mqtt_url}
+        if values.mqtt_username:
+            mqtt["username"] = values.mqtt_username
+        if values.mqtt_password is not None:
+            mqtt["password_file"] = str(install_dir / MQTT_PASSWORD_NAME)
+        if values.mqtt_prefix:
+            mqtt["prefix"] = values.mqtt_prefix
+        data["mqtt"] = mqtt
+    if reference:
+        data["health"] = {"reference_image": REFERENCE_NAME}
+    return data
+
+
+def validate(values: StationValues, install_dir: Path, name_of: Callable[[str], str]) -> None:
+    """Raises ProvisionError naming the flag/column (`name_of(config key)`) of the first bad
+    value."""
+    if values.mqtt_password is not None and not values.mqtt_url:
+        raise ProvisionError(f"{name_of('mqtt.url')}: an MQTT password needs an MQTT URL")
+    try:
+        AgentConfig.model_validate(config_data(values, install_dir, reference=True))
+    except ValidationError as exc:
+        loc = ".".join(str(part) for part in exc.errors()[0]["loc"])
+        key = max((k for k in FIELDS if loc == k or loc.startswith(k + ".")), key=len, default="")
+        message = describe_validation_error(exc)
+        what = message.split(": ", 1)[1] if ": " in message else message
+        raise ProvisionError(f"{name_of(key) if key else loc}: {what}") from None
+
+
+def config_text(values: StationValues, data: dict[str, Any], privacy: PrivacyConfig | None) -> str:
+    """The config file: a header, then the keys in the order of the example config."""
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"# station-agent configuration for {values.station_id}, written by",
+        f"# `station-agent provision` on {stamp}. Check it with `sudo station-agent check`;",
+        "# every key is explained in /etc/station-agent/config.example.toml.",
+        "",
+        f"station_id = {_toml(data['station_id'])}",
+    ]
+    for section in ("capture", "spool", "uplink.http", "mqtt", "health"):
+        table = data
+        for part in section.split("."):
+            table = table.get(part, {})
+        if table:
+            lines += ["", f"[{section}]"] + [f"{k} = {_toml(v)}" for k, v in table.items()]
+    text = "\n".join(lines) + "\n"
+    if privacy is not None and privacy.masks:
+        text += "\n" + format_section(privacy)
+    return text
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    text = str(value)
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    if any(ord(c) < 32 for c in escaped):
+        raise ProvisionError(f"{text!r}: control characters are not allowed")
+    return f'"{escaped}"'
+
+
+def existing_privacy(config_path: Path) -> PrivacyConfig | None:
+    """The masks of a config being replaced (re-provisioning must not drop them)."""
+    try:
+        data = tomllib.loads(config_path.read_text(encoding="utf-8"))
+        return PrivacyConfig.model_validate(data.get("privacy", {}))
+    except (OSError, tomllib.TOMLDecodeError, ValidationError):
+        return None
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Owner:
+    uid: int
+    gid: int
+
+
+def service_owner() -> Owner | None:
+    """The service user, when we run as root on a box prepared by install.sh."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        user = pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        return None
+    return Owner(user.pw_uid, user.pw_gid)
+
+
+def write_private(path: Path, data: bytes, owner: Owner | None) -> None:
+    """Written to a temporary file (0600 from the start), fsynced, renamed into place."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, FILE_MODE)  # whatever the umask
+        if owner is not None:
+            os.chown(tmp, owner.uid, owner.gid)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def ensure_dir(path: Path, owner: Owner | None) -> None:
+    if path.is_dir():
+        return
+    path.mkdir(mode=DIR_MODE, parents=True)
+    if owner is not None:
+        try:
+            os.chown(path, 0, grp.getgrnam(SERVICE_USER).gr_gid)  # root:station-agent 0750
+        except KeyError:
+            return
+
+
+def write_station(
+    values: StationValues,
+    output_dir: Path,
+    install_dir: Path,
+    reference_frame: np.ndarray | None,
+    owner: Owner | None,
+    privacy: PrivacyConfig | None = None,
+) -> list[Path]:
+    """Writes the secret files, the reference picture and the config; the written paths."""
+    ensure_dir(output_dir, owner)
+    written: list[Path] = []
+    secrets = ((UPLOAD_TOKEN_NAME, values.upload_token), (MQTT_PASSWORD_NAME, values.mqtt_password))
+    for name, secret in secrets:
+        if secret is not None:
+            path = output_dir / name
+            write_private(path, (secret.get_secret_value() + "\n").encode(), owner)
+            written.append(path)
+    if reference_frame is not None:
+        path = output_dir / REFERENCE_NAME
+        tmp = output_dir / f".{REFERENCE_NAME}.tmp.png"
+        write_reference(tmp, reference_frame)
+        write_private(path, tmp.read_bytes(), owner)
+        tmp.unlink()
+        written.append(path)
+    data = config_data(values, install_dir, reference=reference_frame is not None)
+    config_path = output_dir / CONFIG_NAME
+    write_private(config_path, config_text(values, data, privacy).encode(), owner)
+    return [config_path, *written]
+
+
+# --- roster ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RosterRow:
+    line: int  # as a spreadsheet numbers it: the header is row 1
+    cells: dict[str, str]
+
+
+def read_roster(path: Path) -> list[RosterRow]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # spreadsheets add a BOM
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProvisionError(f"{path}: cannot read the roster: {exc}") from None
+    reader = csv.DictReader(text.splitlines())
+    header = [h.strip() for h in reader.fieldnames or []]
+    for column in header:
+        if column not in ROSTER_COLUMNS:
+            known = ", ".join(ROSTER_COLUMNS)
+            raise ProvisionError(f"{path}: unknown column {column!r} (known: {known})")
+    for column in REQUIRED_COLUMNS:
+        if column not in header:
+            raise ProvisionError(f"{path}: the column {column!r} is missing")
+    rows: list[RosterRow] = []
+    seen: dict[str, int] = {}
+    for raw in reader:
+        if None in raw:
+            raise ProvisionError(f"{path} row {reader.line_num}: more cells than columns")
+        cells = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+        if not any(cells.values()):
+            continue  # blank line
+        sid = cells.get("station_id", "")
+        if sid in seen:
+            raise ProvisionError(
+                f"{path} row {reader.line_num}, column station_id: {sid!r} is also in row "
+                f"{seen[sid]}"
+            )
+        seen[sid] = reader.line_num
+        rows.append(RosterRow(reader.line_num, cells))
+    if not rows:
+        raise ProvisionError(f"{path}: no station rows")
+    return rows
+
+
+def row_values(row: RosterRow, roster_path: Path) -> StationValues:
+    """A roster row as StationValues (secret files read now); errors name row and column."""
+    where = f"{roster_path} row {row.line}"
+    cells = row.cells
+
+    def fail(column: str, what: str) -> ProvisionError:
+        return ProvisionError(f"{where}, column {column}: {what}")
+
+    for column in REQUIRED_COLUMNS:
+        if not cells.get(column):
+            raise fail(column, "is empty (required)")
+    sizes = dict(zip(INT_COLUMNS, DEFAULT_SIZE, strict=True))
+    for column in INT_COLUMNS:
+        if cells.get(column):
+            try:
+                sizes[column] = int(cells[column])
+            except ValueError:
+                raise fail(column, f"{cells[column]!r} is not a whole number") from None
+
+    def secret(column: str, what: str) -> SecretStr | None:
+        if not cells.get(column):
+            return None
+        path = Path(cells[column])
+        path = path if path.is_absolute() else roster_path.parent / path
+        try:
+            return read_secret(path, what)
+        except ConfigError as exc:
+            raise fail(column, str(exc)) from None
+
+    mqtt_password = secret("mqtt_password_file", "MQTT password")
+    values = StationValues(
+        station_id=cells["station_id"],
+        camera=cells["camera"],
+        upload_url=cells["upload_url"],
+        width=sizes["width"],
+        height=sizes["height"],
+        fps=sizes["fps"],
+        upload_token=secret("upload_token_file", "upload token"),
+        mqtt_url=cells.get("mqtt_url") or None,
+        mqtt_username=cells.get("mqtt_username")
+        or (cells["station_id"] if mqtt_password else None),
+        mqtt_password=mqtt_password,
+        mqtt_prefix=cells.get("mqtt_prefix") or None,
+        spool_path=Path(cells["spool_path"]) if cells.get("spool_path") else DEFAULT_SPOOL,
+    )
+    validate(values, Path("/etc/station-agent"), lambda key: f"{where}, column {_column(key)}")
+    return values
+
+
+def _column(key: str) -> str:
+    return FIELDS[key][1] if key in FIELDS else key

@@ -1,0 +1,310 @@
+"""`station-agent provision`: write this box's config and secrets, take the reference picture,
+then run `check`.
+
+    sudo station-agent provision                                   # asks for each value
+    sudo station-agent provision --station-id AZ-0001 --camera v4l2:/dev/video0 \\
+        --upload-url https://ingest.example.org/stations --upload-token-stdin \\
+        --mqtt-url mqtts://broker.example.org:8883 --mqtt-password-stdin < secrets.txt
+    sudo station-agent provision --roster roster.csv --station AZ-0001
+    station-agent provision --roster roster.csv --output-dir staged/   # one folder per row
+
+Secrets are never taken on the command line: they come from stdin (the upload token on the
+first line, the MQTT password on the next), from files (--upload-token-file, roster columns) or
+from a hidden prompt. Files are written 0600 (owned by the service user when run as root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import glob
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+from pydantic import SecretStr
+
+from agent.capture.sources import SourceError, grab_frame
+from agent.check import SERVICE, CheckOptions, systemd_running
+from agent.check_cli import check_and_print
+from agent.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, load_secrets, read_secret
+from agent.provision import (
+    CONFIG_NAME,
+    DEFAULT_SIZE,
+    DEFAULT_SPOOL,
+    FIELDS,
+    ProvisionError,
+    StationValues,
+    existing_privacy,
+    read_roster,
+    row_values,
+    service_owner,
+    validate,
+    write_station,
+)
+
+DEFAULT_DIR = DEFAULT_CONFIG_PATH.parent
+REFERENCE_TIMEOUT_S = 15.0  # a USB camera needs a few seconds to open and settle its exposure
+SYSTEMCTL_TIMEOUT_S = 90.0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "provision",
+        help="write this box's config and secrets, take the reference picture, run check",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # no "--upload-token SECRET" by abbreviation
+    )
+    p.add_argument("--station-id", help="e.g. AZ-0001 (letters, digits, . _ -)")
+    p.add_argument("--camera", help="v4l2:/dev/video0, rtsp://..., file:..., test:")
+    p.add_argument("--width", type=int, help=f"camera width (default {DEFAULT_SIZE[0]})")
+    p.add_argument("--height", type=int, help=f"camera height (default {DEFAULT_SIZE[1]})")
+    p.add_argument("--fps", type=int, help=f"camera frame rate (default {DEFAULT_SIZE[2]})")
+    p.add_argument("--upload-url", help="https://... given by central staff")
+    token = p.add_mutually_exclusive_group()
+    token.add_argument("--upload-token-file", type=Path, help="read the upload token from FILE")
+    token.add_argument(
+        "--upload-token-stdin", action="store_true", help="read the upload token from stdin"
+    )
+    p.add_argument("--mqtt-url", help="mqtts://broker:8883 (optional)")
+    p.add_argument("--mqtt-username", help="MQTT user (default: the station id)")
+    password = p.add_mutually_exclusive_group()
+    password.add_argument("--mqtt-password-file", type=Path, help="read the password from FILE")
+    password.add_argument(
+        "--mqtt-password-stdin", action="store_true",
+        help="read the MQTT password from stdin (after the upload token, if both)",
+    )  # fmt: skip
+    p.add_argument("--mqtt-prefix", help="MQTT topic prefix (default: stations)")
+    p.add_argument("--spool-path", type=Path, help=f"where video is kept (default {DEFAULT_SPOOL})")
+    p.add_argument("--roster", type=Path, help="CSV of stations (provisioning/roster.example.csv)")
+    p.add_argument("--station", help="with --roster: provision this box as that row's station")
+    p.add_argument(
+        "--output-dir", type=Path,
+        help=f"where to write (default {DEFAULT_DIR}; with --roster alone: a folder per station)",
+    )  # fmt: skip
+    p.add_argument(
+        "--install-dir", type=Path,
+        help=f"where the files will be on the box (default: --output-dir; roster: {DEFAULT_DIR})",
+    )  # fmt: skip
+    p.add_argument("--force", action="store_true", help="replace an existing config")
+    p.add_argument("--no-reference", action="store_true", help="do not take a reference picture")
+    p.add_argument("--no-check", action="store_true", help="do not run check afterwards")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.roster is not None and args.station is None:
+            return stage_roster(args)
+        if args.station is not None and args.roster is None:
+            raise ProvisionError("--station needs --roster")
+        values = gather(args, sys.stdin)
+    except ProvisionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return provision_box(values, args)
+
+
+# --- collecting the values -----------------------------------------------------------------
+
+
+def _flag_name(key: str) -> str:
+    return FIELDS[key][0] if key in FIELDS else key
+
+
+def gather(args: argparse.Namespace, stdin: TextIO) -> StationValues:
+    if args.roster is not None:
+        rows = read_roster(args.roster)
+        for row in rows:
+            if row.cells.get("station_id") == args.station:
+                return row_values(row, args.roster)
+        raise ProvisionError(f"{args.roster}: no row with station_id {args.station!r}")
+    interactive = stdin.isatty()
+    ask = _prompter(interactive)
+    station_id = args.station_id or ask("station id (e.g. AZ-0001)", None, "--station-id")
+    cameras = sorted(glob.glob("/dev/video*"))
+    camera = args.camera or ask(
+        "camera", f"v4l2:{cameras[0]}" if cameras else "v4l2:/dev/video0", "--camera"
+    )
+    upload_url = args.upload_url or ask("upload URL", None, "--upload-url")
+    upload_token = _secret(args.upload_token_file, args.upload_token_stdin, stdin, "upload token")
+    if upload_token is None and interactive:
+        upload_token = _hidden("upload token (not shown; empty for none)")
+    mqtt_url = args.mqtt_url or (ask("MQTT URL (empty for none)", "", "") if interactive else None)
+    mqtt_password = _secret(
+        args.mqtt_password_file, args.mqtt_password_stdin, stdin, "MQTT password"
+    )
+    if mqtt_url and mqtt_password is None and interactive:
+        mqtt_password = _hidden("MQTT password (not shown)")
+    username = args.mqtt_username or (station_id if mqtt_url else None)
+    values = StationValues(
+        station_id=station_id,
+        camera=camera,
+        upload_url=upload_url,
+        width=args.width or DEFAULT_SIZE[0],
+        height=args.height or DEFAULT_SIZE[1],
+        fps=args.fps or DEFAULT_SIZE[2],
+        upload_token=upload_token,
+        mqtt_url=mqtt_url or None,
+        mqtt_username=username,
+        mqtt_password=mqtt_password,
+        mqtt_prefix=args.mqtt_prefix,
+        spool_path=args.spool_path or DEFAULT_SPOOL,
+    )
+    validate(values, _install_dir(args), _flag_name)
+    return values
+
+
+def _prompter(interactive: bool) -> Callable[[str, str | None, str], str]:
+    def ask(label: str, default: str | None, flag: str) -> str:
+        if not interactive:
+            raise ProvisionError(f"{flag} is missing (or run provision in a terminal to be asked)")
+        while True:
+            shown = f" [{default}]" if default else ""
+            answer = input(f"{label}{shown}: ").strip() or (default or "")
+            if answer or default is not None:
+                return answer
+
+    return ask
+
+
+def _hidden(label: str) -> SecretStr | None:
+    answer = getpass.getpass(f"{label}: ").strip()
+    return SecretStr(answer) if answer else None
+
+
+def _secret(path: Path | None, from_stdin: bool, stdin: TextIO, what: str) -> SecretStr | None:
+    if path is not None:
+        try:
+            return read_secret(path, what)
+        except ConfigError as exc:
+            raise ProvisionError(str(exc)) from None
+    if from_stdin:
+        line = stdin.readline().strip()
+        if not line:
+            raise ProvisionError(f"no {what} on stdin (one line each: token, then password)")
+        return SecretStr(line)
+    return None
+
+
+def _install_dir(args: argparse.Namespace) -> Path:
+    return (args.install_dir or args.output_dir or DEFAULT_DIR).absolute()
+
+
+# --- one box -------------------------------------------------------------------------------
+
+
+def provision_box(values: StationValues, args: argparse.Namespace) -> int:
+    output_dir: Path = (args.output_dir or DEFAULT_DIR).absolute()
+    config_path = output_dir / CONFIG_NAME
+    if config_path.exists() and not args.force:
+        print(f"error: {config_path} exists: add --force to replace it", file=sys.stderr)
+        return 2
+    # The running service holds the camera and would keep the old config: stop it meanwhile.
+    is_service_dir = output_dir == DEFAULT_DIR and systemd_running()
+    if is_service_dir:
+        _systemctl("stop")
+    try:
+        return _write_and_check(values, args, output_dir, is_service_dir)
+    finally:
+        if is_service_dir and args.no_check:  # otherwise check has started it again
+            _systemctl("restart")
+
+
+def _write_and_check(
+    values: StationValues, args: argparse.Namespace, output_dir: Path, is_service_dir: bool
+) -> int:
+    config_path = output_dir / CONFIG_NAME
+    frame = None if args.no_reference else take_reference(values)
+    problems = 1 if frame is None and not args.no_reference else 0
+    install_dir = _install_dir(args)
+    try:
+        written = write_station(
+            values, output_dir, install_dir, frame, service_owner(), existing_privacy(config_path)
+        )
+        cfg = load_config(config_path)
+        if install_dir == output_dir:  # secrets staged elsewhere are read where they are now
+            load_secrets(cfg)
+    except (OSError, ProvisionError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if is_service_dir and not args.no_check:
+            _systemctl("start")
+        return 2
+    for path in written:
+        print(f"wrote {path} (0600)")
+    if args.no_check:
+        return problems
+    print("\nrunning check:")
+    code = check_and_print(CheckOptions(config_path=config_path, pause_service=is_service_dir))
+    return code or problems
+
+
+def take_reference(values: StationValues) -> np.ndarray | None:
+    try:
+        return grab_frame(values.camera, values.width, values.height, REFERENCE_TIMEOUT_S)
+    except SourceError as exc:
+        print(
+            f"error: cannot take the reference picture: {exc}. Fix the camera and run provision "
+            "again (--force), or add --no-reference.",
+            file=sys.stderr,
+        )
+        return None
+
+
+def _systemctl(action: str) -> None:
+    proc = subprocess.run(  # noqa: S603 - fixed argv
+        ["systemctl", action, SERVICE],  # noqa: S607 - systemctl from PATH, as a technician would
+        capture_output=True,
+        text=True,
+        timeout=SYSTEMCTL_TIMEOUT_S,
+        check=False,
+    )
+    if proc.returncode != 0:
+        print(f"warning: systemctl {action} {SERVICE}: {proc.stderr.strip()}", file=sys.stderr)
+
+
+# --- many boxes ----------------------------------------------------------------------------
+
+
+def stage_roster(args: argparse.Namespace) -> int:
+    """One folder per roster row, for copying to each box (no camera, no check)."""
+    if args.output_dir is None:
+        raise ProvisionError("--roster without --station needs --output-dir (one folder per row)")
+    roster: Path = args.roster
+    rows = read_roster(roster)
+    stations = [row_values(row, roster) for row in rows]  # every row checked before writing
+    install_dir = args.install_dir or DEFAULT_DIR
+    out: Path = args.output_dir
+    for values in stations:
+        folder = out / values.station_id
+        if (folder / CONFIG_NAME).exists() and not args.force:
+            raise ProvisionError(f"{folder / CONFIG_NAME} exists: add --force to replace it")
+    for values in stations:
+        folder = out / values.station_id
+        privacy = existing_privacy(folder / CONFIG_NAME)
+        try:
+            write_station(values, folder, install_dir, None, None, privacy)
+            load_config(folder / CONFIG_NAME)
+        except (OSError, ConfigError) as exc:
+            raise ProvisionError(f"cannot write {folder}: {exc}") from None
+        print(f"wrote {folder}/ ({values.station_id})")
+    print(
+        f"{len(stations)} station(s) staged in {out}; on each box copy its folder to {install_dir}"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m agent.provision_cli` until the subcommand is wired into agent/cli.py."""
+    parser = argparse.ArgumentParser(prog="station-agent")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["provision", *(sys.argv[1:] if argv is None else argv)])
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
