@@ -44,7 +44,6 @@ class Pipeline:
         self.cfg = cfg
         self.secrets = secrets
         self.events = events
-        self.started_mono_s = time.monotonic()
         self.spool = Spool(
             cfg.spool.path,
             uplinks=self._uplink_names(),

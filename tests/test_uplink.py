@@ -224,3 +224,18 @@ def test_wrong_ca_is_refused_with_a_clear_reason_and_nothing_lost(
     stored = running.pipeline.segments_stored
     assert wait_until(lambda: running.pipeline.segments_stored >= stored + 2, timeout_s=30)
     assert running.pending() >= 2 and running.spool.lost() == []
+
+
+def test_archive_is_rewritten_at_its_interval_and_completed_at_stop(
+    nginx: Nginx, tmp_path: Path, run_agent: Callable[[AgentConfig], Running]
+) -> None:
+    running = run_agent(uplink_config(tmp_path, nginx.url, archive_interval_s=3600))
+    upstream = nginx.root / STATION
+    assert wait_until(lambda: running.pipeline.segments_stored >= 4 and not running.pending(), 30)
+    live = playlist_seqs((upstream / "live.m3u8").read_text())
+    archived = playlist_seqs((upstream / "archive.m3u8").read_text())
+    assert len(live) >= 4 and len(archived) == 1, "the archive waits for its interval"
+    spool = running.stop()
+    final = (upstream / "archive.m3u8").read_text()
+    assert playlist_seqs(final) == [r.seq for r in spool.segments()]
+    assert final.rstrip().endswith("#EXT-X-ENDLIST")

@@ -55,14 +55,13 @@ class EncodeLoop:
         on_segment: Callable[[EncodedSegment], None],
         sink: EventSink,
         stale_after_s: float,
-        choose_rung: RungChooser | None = None,
+        choose_rung: RungChooser,
         observers: list[FrameObserver] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._cfg = cfg
         self._capture = capture
         self._rung = rung
-        self._next_rung = rung
         self._choose_rung = choose_rung
         self._skipped_at_boundary = 0
         self._on_segment = on_segment
@@ -72,7 +71,6 @@ class EncodeLoop:
         self._clock = clock
         self._overlay = Overlay(station_id)
         self._writer = SegmentWriter()
-        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._placeholders: dict[tuple[int, int], np.ndarray] = {}
@@ -97,11 +95,6 @@ class EncodeLoop:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
-
-    def set_rung(self, rung: Rung) -> None:
-        """Takes effect at the next segment boundary (when no `choose_rung` is given)."""
-        with self._lock:
-            self._next_rung = rung
 
     @property
     def rung(self) -> Rung:
@@ -187,9 +180,7 @@ class EncodeLoop:
             tick = self._next_tick(tick, t0_s, rung.fps, per_segment, done_s)
 
     def _wanted_rung(self) -> Rung:
-        if self._choose_rung is None:
-            with self._lock:
-                return self._next_rung
+        """Asked at every segment boundary: the rung for the segment that starts now."""
         figures = BoundaryFigures(self.load, self.ticks_skipped - self._skipped_at_boundary)
         self._skipped_at_boundary = self.ticks_skipped
         return self._choose_rung(figures)

@@ -330,24 +330,30 @@ class Spool:
     def segments(self, since_seq: int = 0) -> list[SegmentRecord]:
         return self._select("WHERE s.seq >= ?", (since_seq,))
 
-    def pending(self, uplink: str) -> list[SegmentRecord]:
-        """Segments on disk that `uplink` does not have yet, oldest first."""
+    def pending(
+        self, uplink: str, newest_first: bool = False, limit: int = -1
+    ) -> list[SegmentRecord]:
+        """Segments on disk that `uplink` does not have yet, oldest first (or newest first)."""
         return self._select(
             "WHERE s.evicted = 0 AND NOT EXISTS"
             " (SELECT 1 FROM uploads u WHERE u.seq = s.seq AND u.uplink = ?)",
             (uplink,),
+            order="DESC" if newest_first else "ASC",
+            limit=limit,
         )
 
-    def _select(self, where: str, args: tuple[object, ...]) -> list[SegmentRecord]:
+    def _select(
+        self, where: str, args: tuple[object, ...], order: str = "ASC", limit: int = -1
+    ) -> list[SegmentRecord]:
         # `where` is one of this module's constants; values are bound parameters
         query = (
             "SELECT s.seq, s.started_utc, s.duration_s, s.bytes, s.sha256, s.prev_sha256,"  # noqa: S608
             " s.width, s.height, s.fps, s.bitrate_bps, s.encoder, s.discontinuity, s.evicted,"
             " (SELECT group_concat(u.uplink) FROM uploads u WHERE u.seq = s.seq)"
-            f" FROM segments s {where} ORDER BY s.seq"
+            f" FROM segments s {where} ORDER BY s.seq {order} LIMIT ?"
         )
         with self._lock:
-            rows = self.db.execute(query, args).fetchall()
+            rows = self.db.execute(query, (*args, limit)).fetchall()
         return [
             SegmentRecord(
                 seq=r[0], started_utc=r[1], duration_s=r[2], nbytes=r[3], sha256=r[4],

@@ -23,6 +23,7 @@ from typing import Any
 
 import tenacity
 
+from agent.backoff import floor_jitter_s, full_jitter_s
 from agent.config import HttpUplinkConfig
 from agent.events import Event, EventSink, utc_now_iso
 from agent.uplink.playlists import Entry, render_archive, render_live
@@ -80,6 +81,7 @@ class SegmentUploader:
         self._thread: threading.Thread | None = None
         self._archive_written_s = -1e9
         self._archive_dirty = False
+        self._playlists_stale = False
         self.figures = UploadFigures()
         self.latencies_s: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self._lock = threading.Lock()
@@ -95,7 +97,7 @@ class SegmentUploader:
         """Stop after the upload in progress; then close both playlists with ENDLIST."""
         if drain_s > 0:
             deadline_s = time.monotonic() + drain_s
-            while time.monotonic() < deadline_s and self._spool.pending(UPLINK):
+            while time.monotonic() < deadline_s and self._spool.backlog(UPLINK)[0]:
                 time.sleep(0.1)
         self._stop.set()
         if self._thread is not None:
@@ -148,41 +150,45 @@ class SegmentUploader:
         """Full jitter capped at backoff_max_s; Retry-After honoured; rejections wait long."""
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, _Rejected):
-            return self._cfg.rejected_backoff_s * self._rng.uniform(0.5, 1.0)
-        ceiling_s = min(
-            self._cfg.backoff_max_s, BACKOFF_BASE_S * 2 ** min(state.attempt_number, 20)
+            return floor_jitter_s(
+                0, self._cfg.rejected_backoff_s, self._cfg.rejected_backoff_s, self._rng
+            )
+        delay_s = full_jitter_s(
+            state.attempt_number, BACKOFF_BASE_S, self._cfg.backoff_max_s, self._rng
         )
-        delay_s = self._rng.uniform(0.0, ceiling_s)
         if isinstance(exc, RetryableUploadError) and exc.retry_after_s is not None:
             delay_s = max(delay_s, exc.retry_after_s)
         return delay_s
 
     def _round(self) -> None:
-        """Upload one segment (or wait briefly for one); raises on failure."""
-        record = self._pick()
-        if record is None:
-            if self._archive_dirty:
-                self._write_archive(ended=False)
-            self._spool.wait_for_segment(self._spool.next_seq() - 1, IDLE_POLL_S)
-            return
+        """Upload one segment and/or bring the playlists up to date (or wait briefly for a
+        new segment); raises on failure, which tenacity retries after a backoff."""
         try:
-            self._upload(record)
+            record = self._pick()
+            if record is not None:
+                self._upload(record)
+                self._playlists_stale = True
+            if self._playlists_stale:
+                self._write_playlists(ended=False)  # segment first, then the playlist
+                self._playlists_stale = False
+            elif self._archive_dirty and self._archive_due():
+                self._write_archive(ended=False)
         except RetryableUploadError as exc:
             self._failed(str(exc))
             raise
         except RejectedUploadError as exc:
             self._rejected(exc)
             raise _Rejected(str(exc)) from exc
-        self._write_playlists(ended=False)
+        if record is None:
+            self._spool.wait_for_segment(self._spool.next_seq() - 1, IDLE_POLL_S)
 
     def _pick(self) -> SegmentRecord | None:
-        pending = self._spool.pending(UPLINK)
-        if not pending:
-            return None
         newest = self._spool.next_seq() - 1
-        if pending[-1].seq == newest:
-            return pending[-1]  # the live edge first
-        return pending[0]  # then the oldest of the backlog
+        live_edge = self._spool.pending(UPLINK, newest_first=True, limit=1)
+        if live_edge and live_edge[0].seq == newest:
+            return live_edge[0]  # the live edge first
+        oldest = self._spool.pending(UPLINK, limit=1)
+        return oldest[0] if oldest else None  # then the oldest of the backlog
 
     def _upload(self, record: SegmentRecord) -> None:
         data = self._spool.read(record.seq)
@@ -281,8 +287,12 @@ class SegmentUploader:
         window = [e for e in self._entries(first) if e.seq <= edge]
         breaks = self._spool.discontinuities_before(first)
         self.target.put("live.m3u8", render_live(window, breaks, ended).encode(), M3U8_TYPE, None)
-        if ended or time.monotonic() - self._archive_written_s >= self._cfg.archive_interval_s:
+        if ended or self._archive_due():
             self._write_archive(ended)
+
+    def _archive_due(self) -> bool:
+        """archive.m3u8 grows with the day (~30 bytes a segment): rewrite it at most this often."""
+        return time.monotonic() - self._archive_written_s >= self._cfg.archive_interval_s
 
     def _write_archive(self, ended: bool) -> None:
         entries = self._entries(0)
