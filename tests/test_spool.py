@@ -64,6 +64,7 @@ def test_free_disk_floor_is_kept(tmp_path: Path) -> None:
         assert disk_bytes - on_disk(spool) >= 5_000
     assert len([r for r in spool.segments() if not r.evicted]) == 3
     assert spool.lost() == []  # no uplink: nothing was pending
+    assert sink.kinds().count("disk_low") == 1  # once per episode, not once per segment
 
 
 def test_sequence_and_hash_chain_continue_across_restart(tmp_path: Path) -> None:

@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS lost (
 """
 GENESIS_SHA256 = "0" * 64  # prev_sha256 of the very first segment
 SEGMENT_DIR = "segments"
+DISK_OK_FACTOR = 1.2  # disk_low is re-armed when free space is 20 % above the floor
 INDEX_FILE = "index.sqlite"
 
 
@@ -138,6 +139,7 @@ class Spool:
         self._lock = threading.RLock()
         self._added = threading.Condition(self._lock)
         self._db: sqlite3.Connection | None = None
+        self._disk_low = False
         self.recovery: RecoveryReport | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -269,17 +271,30 @@ class Spool:
             return self.get(seq)
 
     def _make_room(self, incoming_bytes: int) -> None:
-        """Evict before writing, so the new segment fits the quota and the free-disk floor."""
+        """Evict before writing, so the new segment fits the quota and the free-disk floor.
+        Cheap when nothing needs to go (one SUM); the full list is read only to evict."""
+        total = int(
+            self.db.execute(
+                "SELECT COALESCE(SUM(bytes), 0) FROM segments WHERE evicted = 0"
+            ).fetchone()[0]
+        )
+        free_after = self._disk_free(self.path) - incoming_bytes
+        self._watch_disk(free_after)
+        if total + incoming_bytes <= self._max_bytes and free_after >= self._min_free_bytes:
+            return
         stored = [
-            StoredSegment(seq, nbytes, self._uploaded_everywhere(seq))
-            for seq, nbytes in self.db.execute(
-                "SELECT seq, bytes FROM segments WHERE evicted = 0 ORDER BY seq"
+            StoredSegment(seq, nbytes, bool(uploaded))
+            for seq, nbytes, uploaded in self.db.execute(
+                "SELECT s.seq, s.bytes,"
+                " (SELECT COUNT(*) FROM uploads u WHERE u.seq = s.seq) >= ?"
+                " FROM segments s WHERE s.evicted = 0 ORDER BY s.seq",
+                (len(self.uplinks),),
             )
         ]
         victims = choose_evictions(
             stored,
             self._max_bytes - incoming_bytes,
-            self._disk_free(self.path) - incoming_bytes,
+            free_after,
             self._min_free_bytes,
         )
         for victim in victims:
@@ -287,6 +302,23 @@ class Spool:
             self.db.execute("UPDATE segments SET evicted = 1 WHERE seq = ?", (victim.seq,))
             if not victim.uploaded:
                 self._record_loss(victim.seq, "spool full: evicted before upload")
+
+    def _watch_disk(self, free_after: int) -> None:
+        """One `disk_low` event when the free-disk floor starts forcing evictions; re-armed
+        once there is clearly room again (hysteresis, so it does not flap)."""
+        if free_after < self._min_free_bytes and not self._disk_low:
+            self._disk_low = True
+            self._sink.emit(
+                Event(
+                    "disk_low",
+                    "warning",
+                    f"disk nearly full: {free_after / 1e6:.0f} MB free, floor "
+                    f"{self._min_free_bytes / 1e6:.0f} MB; oldest uploaded segments are deleted",
+                    {"free_bytes": free_after, "min_free_bytes": self._min_free_bytes},
+                )
+            )
+        elif free_after > self._min_free_bytes * DISK_OK_FACTOR and self._disk_low:
+            self._disk_low = False
 
     def _record_loss(self, seq: int, reason: str) -> None:
         row = self.db.execute("SELECT bytes FROM segments WHERE seq = ?", (seq,)).fetchone()
@@ -305,12 +337,6 @@ class Spool:
                 {"seq": seq, "bytes": nbytes, "reason": reason},
             )
         )
-
-    def _uploaded_everywhere(self, seq: int) -> bool:
-        if not self.uplinks:
-            return True
-        row = self.db.execute("SELECT COUNT(*) FROM uploads WHERE seq = ?", (seq,)).fetchone()
-        return int(row[0]) >= len(self.uplinks)
 
     def mark_uploaded(self, seq: int, uplink: str) -> None:
         with self._transaction() as db:
