@@ -52,6 +52,7 @@ def test_drop_and_recovery_through_a_throttled_link(
     assert wait_until(lambda: spool.next_seq() >= drop_seq + 10, timeout_s=40)
     late = [bitrate_of(seq) for seq in range(drop_seq + 3, drop_seq + 10)]
     assert max(late) <= LOW_BPS, f"3 segments after the drop: {late}"
+    assert late == sorted(late, reverse=True), f"bounced back up while settling: {late}"
     assert wait_until(
         lambda: (running.pipeline.status()["uplink"]["live_lag_s"] or 0) < 2.0, timeout_s=20
     ), running.pipeline.status()["uplink"]

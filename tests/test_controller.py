@@ -255,3 +255,23 @@ def test_lower_estimate_never_gives_a_higher_bitrate(
     low_rung = ctl.decide(now_s, dataclasses.replace(last, estimate_bps=low))
     high_rung = twin.decide(now_s, dataclasses.replace(last, estimate_bps=high))
     assert low_rung.bitrate_bps <= high_rung.bitrate_bps
+
+
+def test_no_bounce_back_up_while_the_estimate_converges_after_a_drop() -> None:
+    # Seen end to end (tests/test_adapt_e2e.py setup): after 4M -> 600k the fast EWMA still
+    # read 1.2-1.5M for a few segments and the bitrate trimmed straight back up, then fell.
+    same_picture = [Rung(320, 240, 15, bps) for bps in (250_000, 500_000, 1_200_000, 2_400_000)]
+    cfg = AdaptConfig(start_rung="240p15")
+    ctl = RungController(same_picture, cfg)
+    segment_s = 1.0
+    ctl.decide(0.0, ControlInputs(estimate_bps=4_000_000, segment_s=segment_s))
+    after_drop = ctl.decide(
+        1.0, ControlInputs(estimate_bps=600_000, live_lag_s=3.0, segment_s=segment_s)
+    )
+    assert after_drop.bitrate_bps <= 0.85 * 600_000
+    converging = [1_500_000, 1_200_000, 900_000, 716_000, 650_000, 620_000, 600_000]
+    for k, estimate in enumerate(converging):
+        now_s = 2.0 + k * segment_s
+        assert now_s - 1.0 < cfg.hold_after_down_s
+        rung = ctl.decide(now_s, ControlInputs(estimate_bps=estimate, segment_s=segment_s))
+        assert rung.bitrate_bps <= after_drop.bitrate_bps, (now_s, estimate, ctl.reason)

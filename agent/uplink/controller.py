@@ -167,7 +167,7 @@ class RungController:
             reason = f"up: sustained headroom, {why}"
         else:
             reason = f"hold: {why}"
-        return self._finish(self._trimmed(budget_bps), reason + cpu_note)
+        return self._finish(self._trimmed(now_s, budget_bps), reason + cpu_note)
 
     # --- rules ------------------------------------------------------------------------------
 
@@ -206,8 +206,12 @@ class RungController:
         if self._headroom_since_s is None:
             self._headroom_since_s = now_s
         held = now_s - self._headroom_since_s >= self._cfg.up_after_s
-        calm = self._last_down_s is None or now_s - self._last_down_s >= self._cfg.hold_after_down_s
-        return held and calm
+        return held and self._calm(now_s)
+
+    def _calm(self, now_s: float) -> bool:
+        """No going up (step or trim) this soon after going down: the estimate is still
+        converging on a link that has just fallen, and bouncing back makes it flap."""
+        return self._last_down_s is None or now_s - self._last_down_s >= self._cfg.hold_after_down_s
 
     def _update_cpu_cap(self, now_s: float, inputs: ControlInputs) -> str:
         current_pixels = pixel_rate(self._current)
@@ -249,7 +253,7 @@ class RungController:
         allowed = [i for i, r in enumerate(self._ladder) if pixel_rate(r) <= self._cpu_cap_pixels]
         return allowed[-1] if allowed else 0
 
-    def _trimmed(self, budget_bps: float) -> Rung:
+    def _trimmed(self, now_s: float, budget_bps: float) -> Rung:
         rung = self._ladder[self._index]
         if not self._cfg.bitrate_trim or self._index + 1 >= len(self._ladder):
             self._trim_steps = 0
@@ -257,15 +261,16 @@ class RungController:
         # Within the hysteresis band (next rung fits margin but not yet up_margin) trim freely;
         # beyond it the picture steps up soon, so a small picture never gets a huge bitrate.
         next_bps = self._ladder[self._index + 1].bitrate_bps
-        ceiling_bps = next_bps * self._cfg.margin / self._cfg.up_margin
-        target_bps = min(budget_bps, ceiling_bps, self._ladder[-1].bitrate_bps)
-        steps = 0
-        if target_bps >= rung.bitrate_bps * TRIM_STEP:
-            steps = math.floor(math.log(target_bps / rung.bitrate_bps, TRIM_STEP))
-            while steps > 0 and rung.bitrate_bps * TRIM_STEP**steps > target_bps:
-                steps -= 1  # float rounding in log()
-        if self._trim_steps <= steps < self._trim_steps + TRIM_UP_STEPS:
-            steps = self._trim_steps  # hysteresis: trim up only by TRIM_UP_STEPS at once
+        ceiling_bps = min(
+            next_bps * self._cfg.margin / self._cfg.up_margin, self._ladder[-1].bitrate_bps
+        )
+        steps = _trim_steps_within(rung.bitrate_bps, min(budget_bps, ceiling_bps))
+        if self._trim_steps < steps < self._trim_steps + TRIM_UP_STEPS or (
+            steps > self._trim_steps and not self._calm(now_s)
+        ):
+            # up only by TRIM_UP_STEPS at once (hysteresis), and never right after a step
+            # down: the estimate is still converging and bouncing back makes it flap
+            steps = self._trim_steps
         self._trim_steps = steps
         if steps == 0:
             return rung
@@ -286,3 +291,13 @@ class RungController:
         self._current = rung
         self._reason = f"{reason} -> {rung_label(rung)} {format_bps(rung.bitrate_bps)}"
         return rung
+
+
+def _trim_steps_within(base_bps: int, target_bps: float) -> int:
+    """The most TRIM_STEP multiplications of `base_bps` that stay <= `target_bps` (>= 0)."""
+    if target_bps < base_bps * TRIM_STEP:
+        return 0
+    steps = math.floor(math.log(target_bps / base_bps, TRIM_STEP))
+    while steps > 0 and base_bps * TRIM_STEP**steps > target_bps:
+        steps -= 1  # float rounding in log()
+    return steps
