@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import random
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -13,6 +15,7 @@ import pytest
 from agentrun import SMALL_RUNG, agent_config, wait_until
 from servers import ffprobe_json
 
+import agent.encode.loop as loop_module
 from agent.capture.capture import Capture
 from agent.capture.sources import SourceError
 from agent.config import AgentConfig, CaptureConfig, Secrets, config_from_dict
@@ -201,3 +204,92 @@ def test_camera_that_errors_n_times_is_reopened_with_one_outage() -> None:
     outage = capture.outages[0]
     assert outage.end_utc is not None and outage.duration_s is not None
     assert "device busy" in outage.reason
+
+
+class DelayedEncoder:
+    """A real libx264 encoder whose packets come out 3 frames late, as hardware encoders'
+    (QSV async depth, NVENC surfaces, V4L2 M2M buffers) do."""
+
+    has_latency = True
+
+    def __init__(self, inner: Any) -> None:
+        self._inner, self._queue = inner, collections.deque[Any]()
+        self.name, self.rung = inner.name, inner.rung
+
+    def encode(self, i420: np.ndarray, pts: int, keyframe: bool) -> list[Any]:
+        self._queue.extend(self._inner.encode(i420, pts, keyframe))
+        out = []
+        while len(self._queue) > 3:
+            out.append(self._queue.popleft())
+        return out
+
+    def flush(self) -> list[Any]:
+        out = [*self._queue, *self._inner.flush()]
+        self._queue.clear()
+        return out
+
+
+def test_encoder_with_output_latency_keeps_idr_alignment_and_every_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = loop_module.open_video_encoder
+    monkeypatch.setattr(
+        loop_module, "open_video_encoder", lambda *args: DelayedEncoder(real_open(*args))
+    )
+    pipeline, _ = make_pipeline(config_from_dict(agent_config(tmp_path)))
+    pipeline.start()
+    assert wait_until(lambda: pipeline.segments_stored >= 3, timeout_s=30)
+    pipeline.stop("test over")
+    spool = stopped_spool(pipeline)
+    total = 0
+    for path in segment_files(spool):
+        with av.open(str(path)) as container:
+            packets = [p for p in container.demux(video=0) if p.size]
+        assert packets[0].is_keyframe, path.name
+        assert [p.is_keyframe for p in packets].count(True) == 1, path.name
+        total += len(packets)
+    assert total == pipeline.encode.frames_out, "every encoded frame is in a segment"
+
+
+def test_rung_whose_height_is_not_a_multiple_of_4_encodes(tmp_path: Path) -> None:
+    # 270p is in the default 16:9 ladder; its chroma planes are 135 rows high
+    rung_270 = {"width": 480, "height": 270, "fps": 15, "bitrate_bps": 250_000}
+    data = agent_config(
+        tmp_path, capture={"width": 640, "height": 360}, adapt={"ladder": [rung_270]}
+    )
+    pipeline, sink = make_pipeline(config_from_dict(data))
+    pipeline.start()
+    try:
+        assert wait_until(lambda: pipeline.segments_stored >= 2, timeout_s=30), sink.kinds()
+    finally:
+        pipeline.stop("test over")
+    assert "encoder_failed" not in sink.kinds()
+    probe = ffprobe_json(segment_files(stopped_spool(pipeline))[0])
+    assert (probe["streams"][0]["width"], probe["streams"][0]["height"]) == (480, 270)
+
+
+def test_a_failing_frame_restarts_the_encoder_and_recording_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline, sink = make_pipeline(config_from_dict(agent_config(tmp_path)))
+    real_prepare = pipeline.encode._prepare
+    calls = {"n": 0}
+
+    def prepare_that_fails_once(*args: Any) -> np.ndarray:
+        calls["n"] += 1
+        if calls["n"] == 20:
+            raise ValueError("a broken frame")
+        return real_prepare(*args)
+
+    monkeypatch.setattr(pipeline.encode, "_prepare", prepare_that_fails_once)
+    pipeline.start()
+    try:
+        assert sink.wait_for("encoder_failed", timeout_s=30) is not None
+        stored = pipeline.segments_stored
+        assert wait_until(lambda: pipeline.segments_stored >= stored + 2, timeout_s=30)
+    finally:
+        pipeline.stop("test over")
+    assert pipeline.encode.failures == 1
+    records = stopped_spool(pipeline).segments()
+    assert any(r.discontinuity for r in records[1:]), "the restart is marked in the playlists"
+    assert [r.seq for r in records] == list(range(len(records)))

@@ -43,9 +43,12 @@ class Overlay:
         margin = _margin(height)
         y0, x0 = margin, margin
         i420[y0 : y0 + ph, x0 : x0 + pw] = patch
-        # chroma planes of I420: U then V, each (height/2 x width/2) laid out in rows of width/2
-        u = i420[height : height + height // 4].reshape(height // 2, width // 2)
-        v = i420[height + height // 4 :].reshape(height // 2, width // 2)
+        # chroma planes of I420: U then V, each (height/2 x width/2), packed after the luma
+        # plane; sliced by element count, since height/4 rows is not whole when height % 4
+        flat = i420.reshape(-1)
+        luma, chroma = width * height, (width // 2) * (height // 2)
+        u = flat[luma : luma + chroma].reshape(height // 2, width // 2)
+        v = flat[luma + chroma : luma + 2 * chroma].reshape(height // 2, width // 2)
         u[y0 // 2 : (y0 + ph) // 2, x0 // 2 : (x0 + pw) // 2] = UV_NEUTRAL
         v[y0 // 2 : (y0 + ph) // 2, x0 // 2 : (x0 + pw) // 2] = UV_NEUTRAL
 

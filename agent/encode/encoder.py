@@ -62,6 +62,9 @@ class VideoEncoder:
         self._ctx = ctx
         self.name = codec_name
         self.rung = rung
+        # libx264 with tune=zerolatency returns each frame's packet at once; hardware encoders
+        # (QSV async depth, NVENC surfaces, V4L2 M2M buffers) hold a few frames back
+        self.has_latency = codec_name != "libx264"
 
     def encode(self, i420: np.ndarray, pts: int, keyframe: bool) -> list[av.Packet]:
         frame = av.VideoFrame.from_ndarray(i420, format="yuv420p")

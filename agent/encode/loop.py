@@ -31,6 +31,7 @@ from agent.events import Event, EventSink, utc_now_iso
 log = logging.getLogger(__name__)
 
 LOAD_EWMA_ALPHA = 0.05  # ~20 frames of memory for the encode-load figure
+RESTART_PAUSE_S = 1.0  # after an encoder failure, before opening a new one
 FrameObserver = Callable[[float, np.ndarray], None]
 
 
@@ -83,6 +84,7 @@ class EncodeLoop:
         self.last_bitrate_bps = 0.0
         self.last_progress_s = clock()
         self.error: str | None = None
+        self.failures = 0
 
     # -- control ---------------------------------------------------------------------------
 
@@ -119,12 +121,26 @@ class EncodeLoop:
     # -- the thread ------------------------------------------------------------------------
 
     def _run(self) -> None:
-        try:
-            self._encode_until_stopped()
-        except Exception as exc:  # the supervisor sees `alive` go false and restarts us
-            self.error = f"{type(exc).__name__}: {exc}"
-            log.exception("encoder loop died")
-            self._sink.emit(Event("encoder_failed", "critical", f"encoder stopped: {exc}"))
+        """Encode until stopped; a failure (a bad frame, an encoder error) is reported and the
+        encoder restarted with a new segment, so the recording goes on."""
+        while not self._stop.is_set():
+            try:
+                self._encode_until_stopped()
+                return
+            except Exception as exc:  # any failure here would end the recording for the day
+                self.error = f"{type(exc).__name__}: {exc}"
+                self.failures += 1
+                log.exception("encoder failed; restarting it")
+                self._sink.emit(
+                    Event(
+                        "encoder_failed",
+                        "critical",
+                        f"encoder failed, restarting it: {exc}",
+                        {"error": self.error, "failures": self.failures},
+                    )
+                )
+                self._writer.abandon()  # the partial segment (< segment_s) is lost
+                self._stop.wait(RESTART_PAUSE_S)
 
     def _open(self, rung: Rung) -> VideoEncoder:
         gop = max(1, round(self._cfg.segment_s * rung.fps))
@@ -150,21 +166,26 @@ class EncodeLoop:
             pts = pts_base + round(tick * PTS_HZ / rung.fps)
             keyframe = tick // per_segment != segment_index
             if keyframe:
+                stopping = self._stop.is_set()
+                wanted = rung if stopping else self._wanted_rung()
+                # hardware encoders hold frames back: drain them at every boundary so each
+                # segment gets all its frames and the next one starts with the IDR
+                reopen = wanted != rung or encoder.has_latency
                 if self._writer.open:
+                    if reopen or stopping:
+                        self._writer.add(self._drain(encoder))
                     self._finish_segment(pts)
-                if self._stop.is_set():
-                    self._flush(encoder)
+                if stopping:
                     return
-                wanted = self._wanted_rung()
-                if wanted != rung:
-                    self._flush(encoder)
+                if reopen:
                     encoder = self._open(wanted)
                     if not wanted.same_picture(rung):
                         # new size or fps: restart the tick grid at this boundary
                         per_segment = max(1, round(self._cfg.segment_s * wanted.fps))
                         t0_s, tick, pts_base = target_s, 0, pts
                         discontinuity = True
-                    log.info("rung %s -> %s", rung.name, wanted.name)
+                    if wanted != rung:
+                        log.info("rung %s -> %s", rung.name, wanted.name)
                     rung = self._rung = wanted
                 segment_index = tick // per_segment
                 self._writer.begin(rung, utc_now_iso(), pts, encoder.name, discontinuity)
@@ -200,11 +221,13 @@ class EncodeLoop:
             self.last_bitrate_bps = len(segment.data) * 8 / segment.duration_s
         self._on_segment(segment)
 
-    def _flush(self, encoder: VideoEncoder) -> None:
+    def _drain(self, encoder: VideoEncoder) -> list[av.Packet]:
+        """The packets the encoder still holds; it is spent afterwards (reopen it)."""
         try:
-            encoder.flush()  # zerolatency keeps no frames back; this only closes the context
+            return encoder.flush()
         except av.FFmpegError as exc:
-            log.warning("flushing the encoder failed: %s", exc)
+            log.warning("draining the encoder failed: %s", exc)
+            return []
 
     def _prepare(self, frame: CapturedFrame | None, rung: Rung, now_s: float) -> np.ndarray:
         """Newest frame -> rung size -> I420 with the overlay burnt in."""

@@ -7,12 +7,15 @@ writes it in one go and hashes exactly the bytes that go upstream.
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import dataclass
 
 import av
 
 from agent.encode.encoder import PTS_HZ, TIME_BASE
 from agent.encode.ladder import Rung
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,16 @@ class SegmentWriter:
             packet.time_base = TIME_BASE
             self._container.mux(packet)
             self._frames += 1
+
+    def abandon(self) -> None:
+        """Drop a segment that cannot be finished (after an encoder failure)."""
+        if self._container is not None:
+            try:
+                self._container.close()
+            except av.FFmpegError as exc:  # it is being thrown away; nothing more to lose
+                log.debug("closing an abandoned segment failed: %s", exc)
+        self._container = self._stream = self._buffer = None
+        self._meta = None
 
     def finish(self, end_pts: int) -> EncodedSegment:
         if self._container is None or self._buffer is None or self._meta is None:
