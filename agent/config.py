@@ -238,24 +238,36 @@ def describe_validation_error(exc: ValidationError) -> str:
     return f"key '{key}': {what}{more}"
 
 
-def read_secret(path: Path, what: str) -> SecretStr:
-    """Read a secret file (first line, stripped); errors name the file, never the content."""
+def read_secret(path: Path, what: str, header_safe: bool = False) -> SecretStr:
+    """Read a secret file (first line, stripped); errors name the file, never the content.
+    utf-8-sig: editors on technicians' laptops add a byte-order mark. `header_safe` secrets go
+    into HTTP headers, so only visible ASCII is allowed there (a pasted non-breaking space
+    would otherwise stop every upload)."""
     try:
-        text = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
+        text = path.read_text(encoding="utf-8-sig").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"{path}: cannot read the {what}: {detail}") from None
     if not text:
         raise ConfigError(f"{path}: the {what} file is empty")
-    return SecretStr(text.splitlines()[0].strip())
+    value = text.splitlines()[0].strip()
+    if header_safe and not all(33 <= ord(c) <= 126 for c in value):
+        raise ConfigError(
+            f"{path}: the {what} may only hold visible ASCII characters (no spaces, accents "
+            "or invisible characters; retype it in a plain text editor)"
+        )
+    return SecretStr(value)
 
 
 def load_secrets(cfg: AgentConfig) -> Secrets:
     http = cfg.uplink.http
     values: dict[str, SecretStr] = {}
     if http is not None and http.token_file is not None:
-        values["http_token"] = read_secret(http.token_file, "upload token")
+        values["http_token"] = read_secret(http.token_file, "upload token", header_safe=True)
     if http is not None and http.password_file is not None:
-        values["http_password"] = read_secret(http.password_file, "upload password")
+        values["http_password"] = read_secret(
+            http.password_file, "upload password", header_safe=True
+        )
     if cfg.mqtt is not None and cfg.mqtt.password_file is not None:
         values["mqtt_password"] = read_secret(cfg.mqtt.password_file, "MQTT password")
     return Secrets(**values)

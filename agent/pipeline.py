@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +37,12 @@ log = logging.getLogger(__name__)
 
 SPOOL_QUEUE_SEGMENTS = 8  # segments waiting for a slow disk before the encoder blocks
 SPOOL_RETRY_S = 1.0
-UPLOAD_DRAIN_S = 5.0  # at a clean stop, give pending uploads this long before closing
+# A clean stop must fit systemd's TimeoutStopSec (30 s): the encoder finishes its segment
+# (<= segment_s), the spool gets SPOOL_DRAIN_S and each segment at most SHUTDOWN_STORE_ATTEMPTS
+# tries, uploads UPLOAD_DRAIN_S, telemetry ~3 s.
+SPOOL_DRAIN_S = 10.0
+SHUTDOWN_STORE_ATTEMPTS = 2
+UPLOAD_DRAIN_S = 3.0
 
 
 class Pipeline:
@@ -92,7 +98,11 @@ class Pipeline:
                 cfg.uplink.http, target, self.spool, events, self.estimator
             )
         self._segments: queue.Queue[EncodedSegment | None] = queue.Queue(SPOOL_QUEUE_SEGMENTS)
-        self._spool_thread = threading.Thread(target=self._write_segments, name="spool")
+        self._stopping = threading.Event()
+        # a daemon: a disk that hangs for good must not keep the process from exiting
+        self._spool_thread = threading.Thread(
+            target=self._write_segments, name="spool", daemon=True
+        )
         self.segments_stored = 0
         self._progress_marks: dict[str, object] = {}
         self.last_stored_s = time.monotonic()
@@ -206,8 +216,12 @@ class Pipeline:
     def stop(self, reason: str = "stopped") -> None:
         self.encode.stop(timeout_s=self.cfg.encode.segment_s * 3 + 5)
         self.capture.stop()
-        self._segments.put(None)
-        self._spool_thread.join(timeout=60)
+        self._stopping.set()
+        try:
+            self._segments.put(None, timeout=SPOOL_DRAIN_S)
+        except queue.Full:
+            log.error("the spool is not keeping up; stopping without waiting for it")
+        self._spool_thread.join(timeout=SPOOL_DRAIN_S)
         if self.uploader is not None:
             self.uploader.stop(drain_s=UPLOAD_DRAIN_S)
         self.spool.close()
@@ -236,8 +250,8 @@ class Pipeline:
             self._store(segment)
 
     def _store(self, segment: EncodedSegment) -> None:
-        """Store with retries: a full or failing disk is reported, and retried until it works
-        or shutdown; the segment stays in memory meanwhile."""
+        """Store with retries: a full or failing disk is reported and retried every second,
+        the segment kept in memory meanwhile; at shutdown each segment gets a last few tries."""
         failures = 0
         while True:
             try:
@@ -245,14 +259,33 @@ class Pipeline:
                 self.segments_stored += 1
                 self.last_stored_s = time.monotonic()
                 return
-            except (OSError, SpoolError) as exc:
+            except (OSError, SpoolError, sqlite3.Error) as exc:
                 failures += 1
                 log.error("cannot store segment (attempt %d): %s", failures, exc)
                 if failures == 1:
                     self.events.emit(
-                        Event("spool_write_failed", "critical", f"cannot store segment: {exc}")
+                        Event(
+                            "spool_write_failed",
+                            "critical",
+                            f"cannot store segment: {exc}",
+                            {"error": str(exc)},
+                        )
                     )
+                if self._stopping.is_set() and failures >= SHUTDOWN_STORE_ATTEMPTS:
+                    self._drop_unstored(segment, str(exc))
+                    return
                 time.sleep(SPOOL_RETRY_S)
+
+    def _drop_unstored(self, segment: EncodedSegment, reason: str) -> None:
+        self.events.emit(
+            Event(
+                "segment_dropped",
+                "critical",
+                f"a segment recorded at {segment.started_utc} could not be stored before "
+                f"shutdown: {reason}",
+                {"started_utc": segment.started_utc, "bytes": len(segment.data), "reason": reason},
+            )
+        )
 
     # -- status ----------------------------------------------------------------------------
 

@@ -103,3 +103,21 @@ def test_secret_file_problems_name_the_file_not_the_content(tmp_path: Path) -> N
     token.write_text("hunter2\n")
     assert load_secrets(cfg).http_token is not None
     assert "hunter2" not in repr(load_secrets(cfg))
+
+
+def test_secret_files_with_a_bom_work_and_invisible_characters_are_refused(
+    tmp_path: Path,
+) -> None:
+    from agent.config import config_from_dict, load_secrets
+
+    token = tmp_path / "token"
+    cfg = config_from_dict(
+        agent_config(tmp_path, uplink={"http": {"url": "http://x/", "token_file": str(token)}})
+    )
+    token.write_bytes("\ufeffs3cret-token\n".encode())  # saved as "UTF-8 with BOM"
+    secret = load_secrets(cfg).http_token
+    assert secret is not None and secret.get_secret_value() == "s3cret-token"
+    token.write_text("s3cret\u00a0token\n")  # a pasted non-breaking space
+    with pytest.raises(ConfigError, match="visible ASCII") as caught:
+        load_secrets(cfg)
+    assert "s3cret" not in str(caught.value) and str(token) in str(caught.value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import random
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from agent.encode.ladder import Rung
 from agent.events import EventFanout, RecordingSink
 from agent.pipeline import Pipeline
 from agent.uplink.spool import Spool
+from agent.uplink.spool_cli import verify_spool
 
 FPS = 15
 FRAME_S = 1 / FPS
@@ -293,3 +295,47 @@ def test_a_failing_frame_restarts_the_encoder_and_recording_goes_on(
     records = stopped_spool(pipeline).segments()
     assert any(r.discontinuity for r in records[1:]), "the restart is marked in the playlists"
     assert [r.seq for r in records] == list(range(len(records)))
+
+
+def _index_full(pipeline: Pipeline, full: bool) -> None:
+    """Make the spool's SQLite index unable to grow (SQLITE_FULL), or give it room again."""
+    with pipeline.spool._lock:
+        if full:
+            pages = pipeline.spool.db.execute("PRAGMA page_count").fetchone()[0]
+            pipeline.spool.db.execute(f"PRAGMA max_page_count = {pages}")
+        else:
+            pipeline.spool.db.execute("PRAGMA max_page_count = 1073741823")
+
+
+def test_full_index_is_reported_and_recording_resumes_without_loss(tmp_path: Path) -> None:
+    pipeline, sink = make_pipeline(config_from_dict(agent_config(tmp_path)))
+    pipeline.start()
+    try:
+        assert wait_until(lambda: pipeline.segments_stored >= 2, timeout_s=30)
+        _index_full(pipeline, True)
+        assert sink.wait_for("spool_write_failed", timeout_s=30) is not None
+        _index_full(pipeline, False)
+        stored = pipeline.segments_stored
+        assert wait_until(lambda: pipeline.segments_stored >= stored + 3, timeout_s=40)
+    finally:
+        pipeline.stop("test over")
+    spool = stopped_spool(pipeline)
+    records = spool.segments()
+    assert [r.seq for r in records] == list(range(len(records))) and spool.lost() == []
+    assert verify_spool(tmp_path / "spool", spool) == []
+    total_s = sum(r.duration_s for r in records)
+    assert abs(total_s - pipeline.encode.segments * 1.0) < 1e-6, "every segment was stored"
+
+
+def test_stop_is_bounded_while_the_disk_stays_broken(tmp_path: Path) -> None:
+    pipeline, sink = make_pipeline(config_from_dict(agent_config(tmp_path)))
+    pipeline.start()
+    assert wait_until(lambda: pipeline.segments_stored >= 1, timeout_s=30)
+    _index_full(pipeline, True)
+    assert sink.wait_for("spool_write_failed", timeout_s=30) is not None
+    stopper = threading.Thread(target=pipeline.stop, args=("test over",), daemon=True)
+    stopper.start()
+    stopper.join(timeout=60)  # systemd would SIGKILL after TimeoutStopSec (30 s)
+    assert not stopper.is_alive(), "stop() hung on a broken disk"
+    dropped = [e for e in sink.events if e.kind == "segment_dropped"]
+    assert dropped and all("could not be stored" in e.message for e in dropped)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -138,3 +140,37 @@ def test_eviction_never_drops_pending_while_uploaded_remains(
     assert freed >= excess or len(chosen) == len(segments)
     if chosen:
         assert freed - chosen[-1].nbytes < excess
+
+
+def test_missing_file_of_an_uploaded_segment_is_not_a_loss(tmp_path: Path) -> None:
+    sink = RecordingSink()
+    spool = open_spool(tmp_path, 10**9, sink)
+    spool.add(segment(500, 1))
+    spool.add(segment(500, 2))
+    spool.mark_uploaded(0, "http")
+    spool.close()
+    # a power cut after an eviction deleted the file of 0; 1 vanished before its upload
+    (tmp_path / "segments" / "00000000.ts").unlink()
+    (tmp_path / "segments" / "00000001.ts").unlink()
+    spool = Spool(tmp_path, ["http"], 10**9, 0, sink, disk_free=lambda p: 10**12)
+    report = spool.open()
+    assert report.missing_files == [0, 1]
+    assert [seq for seq, _, _ in spool.lost()] == [1]
+    dropped = [e for e in sink.events if e.kind == "segment_dropped"]
+    assert [e.fields["seq"] for e in dropped] == [1]
+    assert verify_spool(tmp_path, spool) == []
+
+
+def test_sqlite_full_is_survived(tmp_path: Path) -> None:
+    sink = RecordingSink()
+    spool = open_spool(tmp_path, 10**9, sink)
+    spool.add(segment(500, 1))
+    pages = spool.db.execute("PRAGMA page_count").fetchone()[0]
+    spool.db.execute(f"PRAGMA max_page_count = {pages}")  # the index cannot grow: SQLITE_FULL
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        for tag in range(2, 200):
+            spool.add(segment(5_000, tag))
+    spool.db.execute("PRAGMA max_page_count = 1073741823")  # room again
+    record = spool.add(segment(500, 3))
+    assert verify_spool(tmp_path, spool) == []
+    assert record.prev_sha256 == spool.get(record.seq - 1).sha256

@@ -22,8 +22,14 @@ from agentrun import (
 from faultproxy import FaultProxy
 from servers import Nginx, ffprobe_json
 
-from agent.config import AgentConfig, config_from_dict, load_secrets
+from agent.config import AgentConfig, HttpUplinkConfig, config_from_dict, load_secrets
+from agent.encode.ladder import Rung
+from agent.encode.segmenter import EncodedSegment
+from agent.events import RecordingSink
 from agent.uplink.spool import Spool
+from agent.uplink.targets import FileTarget, Progress, RejectedUploadError
+from agent.uplink.throughput import ThroughputEstimator
+from agent.uplink.uploader import SegmentUploader
 
 FAST_RETRY = {"backoff_max_s": 0.5, "timeout_s": 2.0, "archive_interval_s": 0}
 
@@ -50,6 +56,7 @@ def test_every_segment_uploaded_and_playlists_play(
     assert playlist_seqs(archive) == [r.seq for r in spool.segments()]
     live = (upstream / "live.m3u8").read_text()
     assert live.count("#EXT-X-PROGRAM-DATE-TIME") == len(playlist_seqs(live))
+    assert "#EXT-X-ENDLIST" not in live, "a restart must not end the stream for viewers"
     for name in ("archive.m3u8", "live.m3u8"):
         probe = ffprobe_json(f"{nginx.url}/{STATION}/{name}")
         assert probe["streams"][0]["codec_name"] == "h264"
@@ -239,3 +246,40 @@ def test_archive_is_rewritten_at_its_interval_and_completed_at_stop(
     final = (upstream / "archive.m3u8").read_text()
     assert playlist_seqs(final) == [r.seq for r in spool.segments()]
     assert final.rstrip().endswith("#EXT-X-ENDLIST")
+
+
+class ArchiveRefusingTarget(FileTarget):
+    """A real file:// target whose server refuses archive.m3u8 (as nginx answers 413 once
+    the archive outgrows client_max_body_size)."""
+
+    def put(self, name: str, data: bytes, content_type: str, sha256: str | None,
+            progress: Progress | None = None) -> None:  # fmt: skip
+        if name == "archive.m3u8":
+            raise RejectedUploadError(413, "PUT archive.m3u8: HTTP 413 Request Entity Too Large")
+        super().put(name, data, content_type, sha256, progress)
+
+
+def test_a_refused_playlist_never_holds_segments_back(tmp_path: Path) -> None:
+    sink = RecordingSink()
+    spool = Spool(tmp_path / "spool", ["http"], 10**9, 0, sink)
+    spool.open()
+    rung = Rung(320, 240, 15, 300_000)
+    for k in range(20):
+        data = bytes([k]) * 2_000
+        spool.add(
+            EncodedSegment(data, "2026-11-23T10:00:00.000Z", k * 90_000, 1.0, rung, 15, "x", k == 0)
+        )
+    cfg = HttpUplinkConfig(
+        url=f"file://{tmp_path / 'up'}", rejected_backoff_s=600, archive_interval_s=0
+    )
+    target = ArchiveRefusingTarget(cfg.url, STATION)
+    uploader = SegmentUploader(cfg, target, spool, sink, ThroughputEstimator())
+    uploader.start()
+    try:
+        assert wait_until(lambda: not spool.pending("http"), timeout_s=30), "segments throttled"
+    finally:
+        uploader.stop()
+    assert "upload_rejected" not in sink.kinds()
+    assert sink.kinds().count("playlist_failed") == 1
+    assert uploader.figures.playlist_error is not None
+    assert playlist_seqs((tmp_path / "up" / STATION / "live.m3u8").read_text())[-1] == 19

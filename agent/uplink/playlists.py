@@ -52,7 +52,7 @@ def _entry_lines(entry: Entry, with_date: bool, tag_discontinuity: bool) -> list
     return lines
 
 
-def render_live(entries: Sequence[Entry], discontinuity_seq: int, ended: bool) -> str:
+def render_live(entries: Sequence[Entry], discontinuity_seq: int) -> str:
     """The sliding window at the live edge: `entries` are consecutive seqs, oldest first,
     ending at the newest segment the upstream has. PROGRAM-DATE-TIME on every segment.
 
@@ -65,9 +65,7 @@ def render_live(entries: Sequence[Entry], discontinuity_seq: int, ended: bool) -
     for entry in entries:
         tag = entry.discontinuity and entry.seq > 0
         lines += _entry_lines(entry, with_date=True, tag_discontinuity=tag)
-    if ended:
-        lines.append("#EXT-X-ENDLIST")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n"  # never ENDLIST: a restarted agent goes on with it
 
 
 def render_archive(entries: Sequence[Entry], ended: bool) -> str:

@@ -191,7 +191,8 @@ class Spool:
             try:
                 yield self.db
             except BaseException:
-                self.db.execute("ROLLBACK")
+                if self.db.in_transaction:  # SQLITE_FULL may have rolled back already
+                    self.db.execute("ROLLBACK")
                 raise
             self.db.execute("COMMIT")
 
@@ -214,7 +215,10 @@ class Spool:
             if not evicted and not (self.segment_dir / segment_file_name(seq)).exists():
                 missing.append(seq)
         for seq in missing:
-            self._record_loss(seq, "file missing at start (disk failure?)")
+            if self._uploaded_everywhere(seq):  # the upstream has it: nothing is lost
+                self.db.execute("UPDATE segments SET evicted = 1 WHERE seq = ?", (seq,))
+            else:
+                self._record_loss(seq, "file missing at start (disk failure?)")
         _fsync_dir(self.segment_dir)
         report = RecoveryReport(temps, unindexed, missing)
         if not report.clean:
@@ -298,8 +302,10 @@ class Spool:
             self._min_free_bytes,
         )
         for victim in victims:
-            (self.segment_dir / segment_file_name(victim.seq)).unlink(missing_ok=True)
+            # the row first: a power cut in between leaves a file that recovery removes,
+            # never a row whose file is gone
             self.db.execute("UPDATE segments SET evicted = 1 WHERE seq = ?", (victim.seq,))
+            (self.segment_dir / segment_file_name(victim.seq)).unlink(missing_ok=True)
             if not victim.uploaded:
                 self._record_loss(victim.seq, "spool full: evicted before upload")
 
@@ -337,6 +343,10 @@ class Spool:
                 {"seq": seq, "bytes": nbytes, "reason": reason},
             )
         )
+
+    def _uploaded_everywhere(self, seq: int) -> bool:
+        row = self.db.execute("SELECT COUNT(*) FROM uploads WHERE seq = ?", (seq,)).fetchone()
+        return int(row[0]) >= len(self.uplinks)
 
     def mark_uploaded(self, seq: int, uplink: str) -> None:
         with self._transaction() as db:

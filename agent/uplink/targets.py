@@ -143,6 +143,9 @@ class HttpTarget:
             )
         except httpx.TransportError as exc:  # connect/read/write errors and timeouts
             raise RetryableUploadError(f"{type(exc).__name__}: {exc or 'no detail'}") from exc
+        except (httpx.HTTPError, ValueError) as exc:  # the request itself cannot be built
+            reason = f"{method} {name}: the request cannot be sent: {type(exc).__name__}"
+            raise RejectedUploadError(0, reason) from exc
         status = response.status_code
         if 200 <= status < 300:
             return

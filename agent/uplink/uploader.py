@@ -52,6 +52,7 @@ class UploadFigures:
     last_error: str | None = None
     busy_since_s: float | None = None  # monotonic start of the upload in progress
     sent_bytes: int = 0  # bytes handed to the network so far (moves while an upload runs)
+    playlist_error: str | None = None  # the last playlist failure, until one succeeds
 
 
 class _Rejected(Exception):
@@ -82,6 +83,8 @@ class SegmentUploader:
         self._archive_written_s = -1e9
         self._archive_dirty = False
         self._playlists_stale = False
+        self._playlist_retry_at_s = 0.0
+        self._playlist_failures = 0
         self.figures = UploadFigures()
         self.latencies_s: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self._lock = threading.Lock()
@@ -94,7 +97,9 @@ class SegmentUploader:
         self._thread.start()
 
     def stop(self, drain_s: float = 0.0) -> None:
-        """Stop after the upload in progress; then close both playlists with ENDLIST."""
+        """Stop after the upload in progress; then write the playlists a last time. The
+        archive gets ENDLIST; live.m3u8 does not: players stop reloading a playlist that has
+        ended, and a restart (upgrade, reboot, watchdog) must not end the public stream."""
         if drain_s > 0:
             deadline_s = time.monotonic() + drain_s
             while time.monotonic() < deadline_s and self._spool.backlog(UPLINK)[0]:
@@ -161,26 +166,65 @@ class SegmentUploader:
         return delay_s
 
     def _round(self) -> None:
-        """Upload one segment and/or bring the playlists up to date (or wait briefly for a
-        new segment); raises on failure, which tenacity retries after a backoff."""
-        try:
-            record = self._pick()
-            if record is not None:
+        """Upload one segment, then bring the playlists up to date (or wait briefly for a new
+        segment). A segment failure raises (tenacity backs off); playlist failures have their
+        own retry timer, so a refused playlist never holds the segments back."""
+        record = self._pick()
+        if record is not None:
+            try:
                 self._upload(record)
-                self._playlists_stale = True
+            except FileNotFoundError:
+                log.info("segment %d was evicted before its upload", record.seq)
+                return
+            except RetryableUploadError as exc:
+                self._failed(str(exc))
+                raise
+            except RejectedUploadError as exc:
+                self._rejected(exc)
+                raise _Rejected(str(exc)) from exc
+            self._playlists_stale = True
+        self._update_playlists()
+        if record is None:
+            self._spool.wait_for_segment(self._spool.next_seq() - 1, IDLE_POLL_S)
+
+    def _update_playlists(self) -> None:
+        now_s = time.monotonic()
+        if now_s < self._playlist_retry_at_s:
+            return
+        try:
             if self._playlists_stale:
                 self._write_playlists(ended=False)  # segment first, then the playlist
                 self._playlists_stale = False
             elif self._archive_dirty and self._archive_due():
                 self._write_archive(ended=False)
-        except RetryableUploadError as exc:
-            self._failed(str(exc))
-            raise
-        except RejectedUploadError as exc:
-            self._rejected(exc)
-            raise _Rejected(str(exc)) from exc
-        if record is None:
-            self._spool.wait_for_segment(self._spool.next_seq() - 1, IDLE_POLL_S)
+        except (RetryableUploadError, RejectedUploadError) as exc:
+            self._playlist_failed(now_s, exc)
+            return
+        if self.figures.playlist_error is not None:
+            log.info("playlists written again")
+            self.figures.playlist_error = None
+            self._playlist_failures = 0
+
+    def _playlist_failed(self, now_s: float, exc: Exception) -> None:
+        self._playlist_failures += 1
+        if isinstance(exc, RejectedUploadError):
+            delay_s = self._cfg.rejected_backoff_s
+        else:
+            delay_s = full_jitter_s(
+                self._playlist_failures, BACKOFF_BASE_S, self._cfg.backoff_max_s, self._rng
+            )
+        self._playlist_retry_at_s = now_s + delay_s
+        log.warning("playlist upload failed (%d in a row): %s", self._playlist_failures, exc)
+        if self.figures.playlist_error is None:
+            self._sink.emit(
+                Event(
+                    "playlist_failed",
+                    "error" if isinstance(exc, RejectedUploadError) else "warning",
+                    f"the playlists cannot be updated ({exc}); segments still go up",
+                    {"reason": str(exc)},
+                )
+            )
+        self.figures.playlist_error = str(exc)
 
     def _pick(self) -> SegmentRecord | None:
         newest = self._spool.next_seq() - 1
@@ -286,7 +330,7 @@ class SegmentUploader:
         first = max(0, edge - self._cfg.live_window + 1)
         window = [e for e in self._entries(first) if e.seq <= edge]
         breaks = self._spool.discontinuities_before(first)
-        self.target.put("live.m3u8", render_live(window, breaks, ended).encode(), M3U8_TYPE, None)
+        self.target.put("live.m3u8", render_live(window, breaks).encode(), M3U8_TYPE, None)
         if ended or self._archive_due():
             self._write_archive(ended)
 
@@ -321,6 +365,7 @@ class SegmentUploader:
             "rejected": f.rejected,
             "uploaded": f.uploaded,
             "last_error": f.last_error,
+            "playlist_error": f.playlist_error,
         }
 
 
