@@ -125,7 +125,11 @@ def serve(
     """Run the pipeline until SIGTERM/SIGINT (or `duration_s`), then stop cleanly: exit 0."""
     secrets = load_secrets(cfg)
     events = EventFanout()
-    pipeline = Pipeline(cfg, secrets, events)
+    try:
+        pipeline = Pipeline(cfg, secrets, events)
+    except OSError as exc:  # e.g. a client certificate and key that do not match (ssl.SSLError)
+        print(f"error: cannot set up the agent: {exc}", file=sys.stderr)
+        return 2
     password = secrets.mqtt_password.get_secret_value() if secrets.mqtt_password else None
     telemetry = Telemetry(
         cfg.mqtt,

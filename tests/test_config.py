@@ -121,3 +121,19 @@ def test_secret_files_with_a_bom_work_and_invisible_characters_are_refused(
     with pytest.raises(ConfigError, match="visible ASCII") as caught:
         load_secrets(cfg)
     assert "s3cret" not in str(caught.value) and str(token) in str(caught.value)
+
+
+def test_mismatched_client_certificate_and_key_is_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pki import make_pki
+
+    one, other = make_pki(tmp_path / "one"), make_pki(tmp_path / "other")
+    http = {
+        "url": "https://127.0.0.1:9/ingest",
+        "cert_file": str(one.client_cert),
+        "key_file": str(other.client_key),
+    }
+    path = write_toml(tmp_path / "station.toml", agent_config(tmp_path, uplink={"http": http}))
+    code, err = run_cli(["run", "--config", str(path)], capsys)
+    assert code == 2 and "KEY_VALUES_MISMATCH" in err and "Traceback" not in err
