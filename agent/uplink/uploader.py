@@ -45,7 +45,7 @@ M3U8_TYPE = "application/vnd.apple.mpegurl"
 class UploadFigures:
     uploaded: int = 0
     bytes: int = 0
-    failures: int = 0
+    failures: int = 0  # failed requests of any kind (segments and playlists)
     consecutive_failures: int = 0
     rejected: bool = False
     last_upload_utc: str | None = None
@@ -207,6 +207,8 @@ class SegmentUploader:
 
     def _playlist_failed(self, now_s: float, exc: Exception) -> None:
         self._playlist_failures += 1
+        with self._lock:
+            self.figures.failures += 1  # every failed request; consecutive_ counts segments
         if isinstance(exc, RejectedUploadError):
             delay_s = self._cfg.rejected_backoff_s
         else:
