@@ -19,9 +19,14 @@ from typing import Any
 import pytest
 from agentrun import Running
 from faultproxy import FaultProxy, SubprocessFaultProxy
+from hypothesis import settings
 from servers import Nginx, check_installed
 
 from agent.config import AgentConfig
+
+# Shared, noisy 2-core machines: no per-example time limit (tests never assert timings).
+settings.register_profile("station-agent", deadline=None)
+settings.load_profile("station-agent")
 
 NginxFactory = Callable[..., Nginx]
 ProxyFactory = Callable[..., FaultProxy]
