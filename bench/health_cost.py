@@ -18,46 +18,20 @@ import argparse
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from healthvideo import FAULT_KINDS, Fault, SceneVideo  # noqa: E402
+from healthvideo import CONDITION_OF, FAULT_KINDS, RAMP_S, Fault, SceneVideo, TimedSink  # noqa: E402
 
 from agent.capture.health import CameraHealth  # noqa: E402
 from agent.capture.health_config import HealthConfig  # noqa: E402
-from agent.events import Event  # noqa: E402
 
 WIDTH, HEIGHT, FPS = 1280, 720, 30
 DISTINCT_FRAMES = 60  # frames generated and cycled (memory); each call gets a distinct object
 BITRATE_BPS = 2_500_000  # the agent's default [encode] bitrate
-CONDITION_OF = {
-    "fade_black": "dark",
-    "occluder": "covered",
-    "blur": "blurred",
-    "frozen": "frozen",
-    "moved": "moved",
-    "white_out": "washed_out",
-}
-RAMP_S = {"fade_black": 1.0, "white_out": 1.0, "occluder": 0.5}
-
-
-@dataclass
-class TimedSink:
-    now_s: float = 0.0
-    events: list[tuple[float, Event]] = field(default_factory=list)
-
-    def emit(self, event: Event) -> None:
-        self.events.append((self.now_s, event))
-
-    def first(self, kind: str, condition: str) -> float | None:
-        return next(
-            (t for t, e in self.events if e.kind == kind and e.fields["condition"] == condition),
-            None,
-        )
 
 
 def frames_720p() -> list[np.ndarray]:

@@ -16,8 +16,19 @@ import cv2
 import numpy as np
 from skimage import data
 
+from agent.events import Event
+
 PHOTOS = ("camera", "astronaut", "coffee", "chelsea", "rocket")  # shipped, no download
 FAULT_KINDS = ("fade_black", "occluder", "blur", "frozen", "moved", "white_out")
+CONDITION_OF = {  # fault -> the camera-health condition it must raise
+    "fade_black": "dark",
+    "occluder": "covered",
+    "blur": "blurred",
+    "frozen": "frozen",
+    "moved": "moved",
+    "white_out": "washed_out",
+}
+RAMP_S = {"fade_black": 1.0, "white_out": 1.0, "occluder": 0.5}  # faults that come on gradually
 NOISE_SIGMA = 2.0  # grey levels: a webcam in a lit room
 NOISE_MARGIN = 16  # px: the noise field is cropped at a random offset every frame
 LIGHT_SWING = 0.12  # +-12 % brightness...
@@ -167,3 +178,26 @@ class SceneVideo:
         window = (slice(dy, dy + self.height), slice(dx, dx + self.width))
         noisy = cv2.add(image, np.ascontiguousarray(plus[window]))
         return cv2.subtract(noisy, np.ascontiguousarray(minus[window]))
+
+
+@dataclass
+class TimedSink:
+    """An EventSink that records events with the simulated time at which they were emitted."""
+
+    now_s: float = 0.0
+    events: list[tuple[float, Event]] = field(default_factory=list)
+
+    def emit(self, event: Event) -> None:
+        self.events.append((self.now_s, event))
+
+    def raised(self) -> list[tuple[float, str]]:
+        return [(t, e.fields["condition"]) for t, e in self.events if e.kind == "health_raised"]
+
+    def cleared(self) -> list[tuple[float, str]]:
+        return [(t, e.fields["condition"]) for t, e in self.events if e.kind == "health_cleared"]
+
+    def first(self, kind: str, condition: str) -> float | None:
+        return next(
+            (t for t, e in self.events if e.kind == kind and e.fields["condition"] == condition),
+            None,
+        )

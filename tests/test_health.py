@@ -7,7 +7,7 @@ import argparse
 import json
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -15,7 +15,7 @@ import av
 import cv2
 import numpy as np
 import pytest
-from healthvideo import FAULT_KINDS, PHOTOS, Fault, SceneVideo
+from healthvideo import CONDITION_OF, FAULT_KINDS, PHOTOS, RAMP_S, Fault, SceneVideo, TimedSink
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -24,37 +24,10 @@ from agent.capture.health import CONDITIONS, FPS_WINDOW_S, CameraHealth, Debounc
 from agent.capture.health_cli import add_parser
 from agent.capture.health_config import HealthConfig
 from agent.capture.privacy import PrivacyConfig, PrivacyMasker
-from agent.events import Event
 
 CFG = HealthConfig()
-EXPECTED = {  # fault -> the condition it must raise
-    "fade_black": "dark",
-    "occluder": "covered",
-    "blur": "blurred",
-    "frozen": "frozen",
-    "moved": "moved",
-    "white_out": "washed_out",
-}
-RAMP_S = {"fade_black": 1.0, "white_out": 1.0, "occluder": 0.5}
 SLACK_S = 2.0  # the acceptance criterion: detected within debounce + 2 s
 FAULT_AT_S = 14.0  # after the 10 s in which the station's baseline is learned
-
-
-@dataclass
-class TimedSink:
-    """Records events with the simulated time at which they were emitted."""
-
-    now_s: float = 0.0
-    events: list[tuple[float, Event]] = field(default_factory=list)
-
-    def emit(self, event: Event) -> None:
-        self.events.append((self.now_s, event))
-
-    def raised(self) -> list[tuple[float, str]]:
-        return [(t, e.fields["condition"]) for t, e in self.events if e.kind == "health_raised"]
-
-    def cleared(self) -> list[tuple[float, str]]:
-        return [(t, e.fields["condition"]) for t, e in self.events if e.kind == "health_cleared"]
 
 
 class Video(Protocol):
@@ -136,7 +109,7 @@ FAULT_CASES += [(kind, "rocket", 320, 240, 10.0) for kind in ("occluder", "blur"
 def test_fault_raised_in_time_and_cleared(
     kind: str, photo: str, width: int, height: int, fps: float
 ) -> None:
-    condition = EXPECTED[kind]
+    condition = CONDITION_OF[kind]
     section = getattr(CFG, condition)
     fault = Fault(kind, FAULT_AT_S, 0.0, ramp_s=RAMP_S.get(kind, 0.0))
     fault = Fault(kind, FAULT_AT_S, fault.full_s + section.raise_after_s + 6.0, fault.ramp_s)
@@ -236,7 +209,7 @@ def test_faults_behind_a_privacy_mask_are_still_found(kind: str) -> None:
     health, sink = make(fps)
     health.set_ignore_mask(_left_mask(width, height, 0.6))
     drive(video, health, sink, 0.0, fault.end_s, fps)
-    assert [c for _, c in sink.raised()] == [EXPECTED[kind]]
+    assert [c for _, c in sink.raised()] == [CONDITION_OF[kind]]
 
 
 def test_no_frames_then_recovered() -> None:
