@@ -105,7 +105,6 @@ class Pipeline:
         )
         self.segments_stored = 0
         self._progress_marks: dict[str, object] = {}
-        self.last_stored_s = time.monotonic()
 
     def _uplink_names(self) -> list[str]:
         return ["http"] if self.cfg.uplink.http is not None else []
@@ -257,7 +256,6 @@ class Pipeline:
             try:
                 self.spool.add(segment)
                 self.segments_stored += 1
-                self.last_stored_s = time.monotonic()
                 return
             except (OSError, SpoolError, sqlite3.Error) as exc:
                 failures += 1

@@ -82,7 +82,6 @@ class EncodeLoop:
         self.segments = 0
         self.load = 0.0  # encode time per frame / frame interval (EWMA); > 1 means behind
         self.last_bitrate_bps = 0.0
-        self.last_progress_s = clock()
         self.error: str | None = None
         self.failures = 0
 
@@ -195,7 +194,6 @@ class EncodeLoop:
             self._writer.add(encoder.encode(i420, pts, keyframe))
             self.frames_out += 1
             done_s = self._clock()
-            self.last_progress_s = done_s
             cost = (done_s - started_s) * rung.fps
             self.load += LOAD_EWMA_ALPHA * (cost - self.load)
             tick = self._next_tick(tick, t0_s, rung.fps, per_segment, done_s)
