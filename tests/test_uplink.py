@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -283,3 +284,39 @@ def test_a_refused_playlist_never_holds_segments_back(tmp_path: Path) -> None:
     assert sink.kinds().count("playlist_failed") == 1
     assert uploader.figures.playlist_error is not None
     assert playlist_seqs((tmp_path / "up" / STATION / "live.m3u8").read_text())[-1] == 19
+
+
+class PlaylistHangingTarget(FileTarget):
+    """A real file:// target whose live.m3u8 PUT hangs until released (a server that stops
+    reading in the middle of a playlist upload)."""
+
+    def __init__(self, url: str, station_id: str) -> None:
+        super().__init__(url, station_id)
+        self.hanging, self.release = threading.Event(), threading.Event()
+
+    def put(self, name: str, data: bytes, content_type: str, sha256: str | None,
+            progress: Progress | None = None) -> None:  # fmt: skip
+        if name == "live.m3u8":
+            self.hanging.set()
+            self.release.wait(30)
+        super().put(name, data, content_type, sha256, progress)
+
+
+def test_a_hanging_playlist_put_shows_the_uplink_busy_for_the_watchdog(tmp_path: Path) -> None:
+    sink = RecordingSink()
+    spool = Spool(tmp_path / "spool", ["http"], 10**9, 0, sink)
+    spool.open()
+    rung = Rung(320, 240, 15, 300_000)
+    at = "2026-11-23T10:00:00.000Z"
+    spool.add(EncodedSegment(b"x" * 2_000, at, 0, 1.0, rung, 15, "x", True))
+    cfg = HttpUplinkConfig(url=f"file://{tmp_path / 'up'}")
+    target = PlaylistHangingTarget(cfg.url, STATION)
+    uploader = SegmentUploader(cfg, target, spool, sink, ThroughputEstimator())
+    uploader.start()
+    try:
+        assert target.hanging.wait(10)
+        assert wait_until(lambda: uploader.figures.busy_since_s is not None, timeout_s=5)
+    finally:
+        target.release.set()
+        uploader.stop()
+    assert uploader.figures.busy_since_s is None

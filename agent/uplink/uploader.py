@@ -28,7 +28,12 @@ from agent.config import HttpUplinkConfig
 from agent.events import Event, EventSink, utc_now_iso
 from agent.uplink.playlists import Entry, render_archive, render_live
 from agent.uplink.spool import SegmentRecord, Spool
-from agent.uplink.targets import RejectedUploadError, RetryableUploadError, UploadTarget
+from agent.uplink.targets import (
+    Progress,
+    RejectedUploadError,
+    RetryableUploadError,
+    UploadTarget,
+)
 from agent.uplink.throughput import ThroughputEstimator
 
 log = logging.getLogger(__name__)
@@ -238,23 +243,16 @@ class SegmentUploader:
 
     def _upload(self, record: SegmentRecord) -> None:
         data = self._spool.read(record.seq)
-        started_s = time.monotonic()
-        self.figures.busy_since_s = started_s
-        ticket = self.estimator.upload_started(started_s, len(data))
+        ticket = self.estimator.upload_started(time.monotonic(), len(data))
         ok = False
         try:
-            reported = 0
 
-            def progress(sent: int) -> None:
-                nonlocal reported
-                self.figures.sent_bytes += sent - reported
-                reported = sent
+            def measured(sent: int) -> None:
                 self.estimator.upload_progress(ticket, time.monotonic(), sent)
 
-            self.target.put(record.file_name, data, TS_TYPE, record.sha256, progress=progress)
+            self._put(record.file_name, data, TS_TYPE, record.sha256, measured)
             ok = True
         finally:
-            self.figures.busy_since_s = None
             self.estimator.upload_finished(ticket, time.monotonic(), ok)
         self._spool.mark_uploaded(record.seq, UPLINK)
         with self._lock:
@@ -276,6 +274,31 @@ class SegmentUploader:
             f.rejected = False
         self._archive_dirty = True
         self.latencies_s.append(self._wall() - _epoch_s(record.started_utc))
+
+    def _put(
+        self,
+        name: str,
+        data: bytes,
+        content_type: str,
+        sha256: str | None,
+        on_progress: Progress | None = None,
+    ) -> None:
+        """Every request goes through here: while it runs the uplink is busy, and the watchdog
+        sees bytes moving (a PUT that hangs, segment or playlist, hangs the whole uplink)."""
+        reported = 0
+
+        def progress(sent: int) -> None:
+            nonlocal reported
+            self.figures.sent_bytes += sent - reported
+            reported = sent
+            if on_progress is not None:
+                on_progress(sent)
+
+        self.figures.busy_since_s = time.monotonic()
+        try:
+            self.target.put(name, data, content_type, sha256, progress=progress)
+        finally:
+            self.figures.busy_since_s = None
 
     def _failed(self, reason: str) -> None:
         with self._lock:
@@ -332,7 +355,7 @@ class SegmentUploader:
         first = max(0, edge - self._cfg.live_window + 1)
         window = [e for e in self._entries(first) if e.seq <= edge]
         breaks = self._spool.discontinuities_before(first)
-        self.target.put("live.m3u8", render_live(window, breaks).encode(), M3U8_TYPE, None)
+        self._put("live.m3u8", render_live(window, breaks).encode(), M3U8_TYPE, None)
         if ended or self._archive_due():
             self._write_archive(ended)
 
@@ -345,7 +368,7 @@ class SegmentUploader:
         if not entries:
             return
         text = render_archive(entries, ended)
-        self.target.put("archive.m3u8", text.encode(), M3U8_TYPE, None)
+        self._put("archive.m3u8", text.encode(), M3U8_TYPE, None)
         self._archive_written_s = time.monotonic()
         self._archive_dirty = False
 
