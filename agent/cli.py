@@ -162,8 +162,8 @@ def serve(
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_hangup)
     try:
+        pipeline.start()  # first: the first heartbeat reads the spool, which start() opens
         telemetry.start()
-        pipeline.start()
     except (SpoolError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         telemetry.stop(f"start failed: {exc}")

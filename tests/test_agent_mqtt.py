@@ -56,7 +56,13 @@ def test_real_agent_over_mqtt(mosquitto: Mosquitto, subscriber: object, tmp_path
         def full_heartbeat(m: Received) -> bool:
             return m.topic == f"{PREFIX}/heartbeat" and "uplink" in m.json()
 
-        beat = sub.wait_for(full_heartbeat, timeout_s=30)
+        def running_heartbeat(m: Received) -> bool:
+            return full_heartbeat(m) and m.json()["capture"]["state"] == "running"
+
+        first = sub.wait_for(full_heartbeat, timeout_s=30)
+        assert first is not None  # the first one (camera still opening) is valid too
+        valid(first.payload)
+        beat = sub.wait_for(running_heartbeat, timeout_s=30)
         assert beat is not None
         body = valid(beat.payload)
         assert body["capture"]["state"] == "running"
