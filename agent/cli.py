@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
-import importlib
 import logging
 import os
 import signal
@@ -16,34 +15,28 @@ from types import FrameType
 from typing import Any
 
 from agent import __version__
-from agent.config import (
+from agent.adapt.ladder import format_bps
+from agent.core.config import ConfigError
+from agent.core.events import EventFanout
+from agent.service.config import (
     DEFAULT_CONFIG_PATH,
     AgentConfig,
-    ConfigError,
     config_from_dict,
     load_config,
     load_secrets,
 )
-from agent.encode.ladder import format_bps
-from agent.events import EventFanout
-from agent.pipeline import Pipeline, run_until
-from agent.remote import command_handlers
-from agent.sdnotify import SdNotifier
-from agent.supervision import ProgressWatchdog, Supervisor
+from agent.service.pipeline import Pipeline, run_until
+from agent.service.remote import command_handlers
+from agent.service.sdnotify import SdNotifier
+from agent.service.supervision import ProgressWatchdog, Supervisor
+from agent.spool.store import SpoolError
 from agent.telemetry import Telemetry
-from agent.uplink.spool import SpoolError
+from agent.tools import check_cli, health_cli, mask_cli, provision_cli, spool_cli
 
 log = logging.getLogger("agent")
 
-# Modules that add a subcommand through `add_parser(subparsers)`; missing ones are skipped so a
-# part under construction never breaks the rest of the command.
-SUBCOMMAND_MODULES = (
-    "agent.uplink.spool_cli",
-    "agent.capture.health_cli",
-    "agent.capture.mask_cli",
-    "agent.check_cli",
-    "agent.provision_cli",
-)
+# The technicians' commands: each module adds its subcommand through `add_parser(subparsers)`.
+TOOL_MODULES = (spool_cli, health_cli, mask_cli, check_cli, provision_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,12 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", type=Path, default=Path("demo-output"), help="output dir")
     demo.set_defaults(func=_demo)
 
-    for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ImportError as exc:
-            log.debug("subcommand module %s unavailable: %s", name, exc)
-            continue
+    for module in TOOL_MODULES:
         module.add_parser(sub)
     return parser
 

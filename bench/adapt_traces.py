@@ -35,9 +35,9 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from agent.encode.ladder import AdaptConfig, Rung, build_ladder
-from agent.uplink.controller import ControlInputs, RungController
-from agent.uplink.throughput import ThroughputEstimator
+from agent.adapt.controller import ControlInputs, RungController
+from agent.adapt.ladder import AdaptConfig, Rung, build_ladder
+from agent.adapt.throughput import ThroughputEstimator
 
 TICK_S = 0.02
 RTT_S = 0.04  # request + response round trips per PUT

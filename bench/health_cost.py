@@ -26,8 +26,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from healthvideo import CONDITION_OF, FAULT_KINDS, RAMP_S, Fault, SceneVideo, TimedSink  # noqa: E402
 
-from agent.capture.health import CameraHealth  # noqa: E402
-from agent.capture.health_config import HealthConfig  # noqa: E402
+from agent.health.camera import CameraHealth  # noqa: E402
+from agent.health.config import HealthConfig  # noqa: E402
 
 WIDTH, HEIGHT, FPS = 1280, 720, 30
 DISTINCT_FRAMES = 60  # frames generated and cycled (memory); each call gets a distinct object

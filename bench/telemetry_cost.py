@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from mqtt_broker import Mosquitto  # noqa: E402 - the tests' launcher
 from telemetry_runner import fake_status  # noqa: E402
 
-from agent.events import Event  # noqa: E402
+from agent.core.events import Event  # noqa: E402
 from agent.telemetry import MqttConfig, Telemetry  # noqa: E402
 
 STATION = "BENCH-0001"

@@ -28,7 +28,7 @@ from agentrun import Running, agent_config, wait_until  # noqa: E402
 from faultproxy import FaultProxy  # noqa: E402
 from servers import Nginx  # noqa: E402
 
-from agent.config import config_from_dict  # noqa: E402
+from agent.service.config import config_from_dict  # noqa: E402
 
 SEGMENT_S = 2.0
 

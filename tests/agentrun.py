@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.config import AgentConfig, load_secrets
-from agent.events import EventFanout, RecordingSink
-from agent.pipeline import Pipeline
-from agent.uplink.spool import Spool
+from agent.core.events import EventFanout, RecordingSink
+from agent.service.config import AgentConfig, load_secrets
+from agent.service.pipeline import Pipeline
+from agent.spool.store import Spool
 
 STATION = "TEST-0001"
 SMALL_CAPTURE = {"source": "test:", "width": 320, "height": 240, "fps": 15}

@@ -22,7 +22,7 @@ from faultproxy import FaultProxy, SubprocessFaultProxy
 from hypothesis import settings
 from servers import Nginx, check_installed
 
-from agent.config import AgentConfig
+from agent.service.config import AgentConfig
 
 # Shared, noisy 2-core machines: no per-example time limit (tests never assert timings).
 settings.register_profile("station-agent", deadline=None)

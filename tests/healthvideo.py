@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from skimage import data
 
-from agent.events import Event
+from agent.core.events import Event
 
 PHOTOS = ("camera", "astronaut", "coffee", "chelsea", "rocket")  # shipped, no download
 FAULT_KINDS = ("fade_black", "occluder", "blur", "frozen", "moved", "white_out")

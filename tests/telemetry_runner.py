@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from agent.events import Event
+from agent.core.events import Event
 from agent.telemetry import MqttConfig, Telemetry
 
 

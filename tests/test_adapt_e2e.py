@@ -13,7 +13,7 @@ from agentrun import STATION, Running, agent_config, assert_all_on_server, wait_
 from faultproxy import FaultProxy
 from servers import Nginx
 
-from agent.config import AgentConfig, config_from_dict
+from agent.service.config import AgentConfig, config_from_dict
 
 RUNG = {"width": 320, "height": 240, "fps": 15}
 LADDER = [RUNG | {"bitrate_bps": bps} for bps in (250_000, 500_000, 1_200_000, 2_400_000)]

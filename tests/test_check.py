@@ -15,12 +15,12 @@ from agentrun import STATION, agent_config, write_toml
 from mqtt_broker import Mosquitto, MosquittoFactory
 from servers import Nginx, free_port
 
-from agent import check_cli
-from agent.capture.health import write_reference
 from agent.capture.sources import grab_frame
-from agent.check import CheckOptions, CheckResult, System, check_service, judge_picture
-from agent.check_net import check_clock, judge_throughput
-from agent.config import config_from_dict
+from agent.health.camera import write_reference
+from agent.service.config import config_from_dict
+from agent.tools import check_cli
+from agent.tools.check import CheckOptions, CheckResult, System, check_service, judge_picture
+from agent.tools.check_net import check_clock, judge_throughput
 
 pytest_plugins = ["telemetry_fixtures"]
 

@@ -10,7 +10,8 @@ import pytest
 from agentrun import agent_config, write_toml
 
 from agent.cli import main
-from agent.config import ConfigError, load_config, parse_size
+from agent.core.config import ConfigError, parse_size
+from agent.service.config import load_config
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -91,7 +92,7 @@ def test_sizes(text: object, expected: int) -> None:
 
 
 def test_secret_file_problems_name_the_file_not_the_content(tmp_path: Path) -> None:
-    from agent.config import config_from_dict, load_secrets
+    from agent.service.config import config_from_dict, load_secrets
 
     token = tmp_path / "token"
     token.write_text("")
@@ -108,7 +109,7 @@ def test_secret_file_problems_name_the_file_not_the_content(tmp_path: Path) -> N
 def test_secret_files_with_a_bom_work_and_invisible_characters_are_refused(
     tmp_path: Path,
 ) -> None:
-    from agent.config import config_from_dict, load_secrets
+    from agent.service.config import config_from_dict, load_secrets
 
     token = tmp_path / "token"
     cfg = config_from_dict(

@@ -10,9 +10,9 @@ from collections.abc import Callable
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.encode.ladder import AdaptConfig, Rung, build_ladder, rung_label
-from agent.uplink.controller import ControlInputs, RungController, pixel_rate
-from agent.uplink.throughput import ThroughputEstimator
+from agent.adapt.controller import ControlInputs, RungController, pixel_rate
+from agent.adapt.ladder import AdaptConfig, Rung, build_ladder, rung_label
+from agent.adapt.throughput import ThroughputEstimator
 
 SEGMENT_S = 2.0
 CFG = AdaptConfig()

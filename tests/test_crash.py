@@ -8,8 +8,8 @@ from pathlib import Path
 
 from agentrun import AgentProcess, agent_config, spool_seqs, wait_until, write_toml
 
-from agent.uplink.spool import Spool
-from agent.uplink.spool_cli import verify_spool
+from agent.spool.store import Spool
+from agent.tools.spool_cli import verify_spool
 
 KILLS = 20
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from agent.adapt.ladder import Rung
 from agent.encode.encoder import EncoderError, open_video_encoder
-from agent.encode.ladder import Rung
 
 RUNG = Rung(320, 240, 15, 300_000)
 

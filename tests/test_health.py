@@ -20,10 +20,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from agent.capture.health import CONDITIONS, FPS_WINDOW_S, CameraHealth, Debouncer
-from agent.capture.health_cli import add_parser
-from agent.capture.health_config import HealthConfig
 from agent.capture.privacy import PrivacyConfig, PrivacyMasker
+from agent.health.camera import CONDITIONS, FPS_WINDOW_S, CameraHealth, Debouncer
+from agent.health.config import HealthConfig
+from agent.tools.health_cli import add_parser
 
 CFG = HealthConfig()
 SLACK_S = 2.0  # the acceptance criterion: detected within debounce + 2 s

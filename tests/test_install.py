@@ -179,7 +179,7 @@ def test_offline_wheelhouse_install_gives_a_working_agent(src: Path, tmp_path: P
         [str(agent), "--version"], capture_output=True, text=True, timeout=60, check=True
     )
     assert version.stdout.strip() == "station-agent 0.1.0"
-    code = "import agent.pipeline, av, cv2, paho.mqtt, psutil"
+    code = "import agent.service.pipeline, av, cv2, paho.mqtt, psutil"
     imports = subprocess.run(
         [str(agent.parent / "python"), "-c", code], capture_output=True, text=True, timeout=60
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from agent.encode.ladder import (
+from agent.adapt.ladder import (
     LADDER_4_3,
     LADDER_16_9,
     AdaptConfig,

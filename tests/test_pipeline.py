@@ -17,14 +17,16 @@ from agentrun import SMALL_RUNG, agent_config, wait_until
 from servers import ffprobe_json
 
 import agent.encode.loop as loop_module
+from agent.adapt.ladder import Rung
 from agent.capture.capture import Capture
+from agent.capture.config import CaptureConfig
 from agent.capture.sources import SourceError
-from agent.config import AgentConfig, CaptureConfig, Secrets, config_from_dict
-from agent.encode.ladder import Rung
-from agent.events import EventFanout, RecordingSink
-from agent.pipeline import Pipeline
-from agent.uplink.spool import Spool
-from agent.uplink.spool_cli import verify_spool
+from agent.core.config import Secrets
+from agent.core.events import EventFanout, RecordingSink
+from agent.service.config import AgentConfig, config_from_dict
+from agent.service.pipeline import Pipeline
+from agent.spool.store import Spool
+from agent.tools.spool_cli import verify_spool
 
 FPS = 15
 FRAME_S = 1 / FPS

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from agent.capture import mask_cli
+from agent.tools import mask_cli
 from agent.capture.privacy import (
     SOLID_FILL_LEVEL,
     MaskRegion,
@@ -27,7 +27,7 @@ from agent.capture.privacy import (
     coverage_share,
     pixelate_block_px,
 )
-from agent.config import ConfigError
+from agent.core.config import ConfigError
 
 CAPTURE_W, CAPTURE_H = 640, 360
 RUNGS = [(640, 360), (480, 270), (320, 180)]  # capture size and two smaller rungs

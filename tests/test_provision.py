@@ -15,9 +15,9 @@ from agentrun import STATION
 from mqtt_broker import MosquittoFactory
 from servers import Nginx
 
-from agent import provision_cli
-from agent.capture.health import read_reference
-from agent.config import load_config, load_secrets
+from agent.health.camera import read_reference
+from agent.service.config import load_config, load_secrets
+from agent.tools import provision_cli
 
 pytest_plugins = ["telemetry_fixtures"]
 

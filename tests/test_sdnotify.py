@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.encode.ladder import Rung
-from agent.events import RecordingSink
-from agent.sdnotify import SdNotifier
-from agent.supervision import ProgressWatchdog, Supervisor, status_line
+from agent.adapt.ladder import Rung
+from agent.core.events import RecordingSink
+from agent.service.sdnotify import SdNotifier
+from agent.service.supervision import ProgressWatchdog, Supervisor, status_line
 
 TIMEOUT_S = 10.0
 

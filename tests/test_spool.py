@@ -10,12 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.encode.ladder import Rung
+from agent.adapt.ladder import Rung
+from agent.core.events import RecordingSink
 from agent.encode.segmenter import EncodedSegment
-from agent.events import RecordingSink
-from agent.uplink.eviction import StoredSegment, choose_evictions
-from agent.uplink.spool import Spool
-from agent.uplink.spool_cli import verify_spool
+from agent.spool.eviction import StoredSegment, choose_evictions
+from agent.spool.store import Spool
+from agent.tools.spool_cli import verify_spool
 
 RUNG = Rung(320, 240, 15, 300_000)
 

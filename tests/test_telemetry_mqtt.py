@@ -11,7 +11,7 @@ import pytest
 from mqtt_broker import Mosquitto, MosquittoFactory, Received, SubscriberFactory
 from telemetry_helpers import STATION, TelemetryFactory, is_status, mqtt_cfg, topic, valid
 
-from agent.events import Event
+from agent.core.events import Event
 from agent.telemetry import MAX_COMMAND_PAYLOAD_BYTES, CommandError
 from agent.telemetry.mqtt import MqttLink
 from agent.telemetry.outbox import Outbox

@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 from telemetry_helpers import STATION, TelemetryFactory, valid
 
-from agent.events import Event
+from agent.core.events import Event
 from agent.telemetry import MAX_COMMAND_PAYLOAD_BYTES, CommandError, MqttConfig, payloads
 from agent.telemetry.commands import CommandRouter
 from agent.telemetry.outbox import Outbox

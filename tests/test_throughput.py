@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.uplink.throughput import ThroughputEstimator
+from agent.adapt.throughput import ThroughputEstimator
 
 SEGMENT_BYTES = 500_000
 

@@ -23,13 +23,14 @@ from agentrun import (
 from faultproxy import FaultProxy
 from servers import Nginx, ffprobe_json
 
-from agent.config import AgentConfig, HttpUplinkConfig, config_from_dict, load_secrets
-from agent.encode.ladder import Rung
+from agent.adapt.ladder import Rung
+from agent.adapt.throughput import ThroughputEstimator
+from agent.core.events import RecordingSink
 from agent.encode.segmenter import EncodedSegment
-from agent.events import RecordingSink
-from agent.uplink.spool import Spool
+from agent.service.config import AgentConfig, config_from_dict, load_secrets
+from agent.spool.store import Spool
+from agent.uplink.config import HttpUplinkConfig
 from agent.uplink.targets import FileTarget, Progress, RejectedUploadError
-from agent.uplink.throughput import ThroughputEstimator
 from agent.uplink.uploader import SegmentUploader
 
 FAST_RETRY = {"backoff_max_s": 0.5, "timeout_s": 2.0, "archive_interval_s": 0}

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.backoff import floor_jitter_s
+from agent.capture.config import CaptureConfig
 from agent.capture.sources import FrameSource, SourceError
-from agent.config import CaptureConfig
-from agent.events import Event, EventSink, utc_now_iso
+from agent.core.backoff import floor_jitter_s
+from agent.core.events import Event, EventSink, utc_now_iso
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,9 @@ from typing import Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from agent.core.config import Section
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +54,9 @@ MAX_CACHED_RESOLUTIONS = 4
 _SHIFT_BITS = 8
 
 
-class MaskRegion(BaseModel):
+class MaskRegion(Section):
     """One mask: exactly one of `rect` or `polygon`, and optionally its own fill."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     rect: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1
     polygon: tuple[tuple[float, float], ...] | None = None  # [[x, y], ...]
     fill: Fill | None = None  # None: the section's `fill`
@@ -104,10 +105,9 @@ class MaskRegion(BaseModel):
         return list(self.polygon or ())
 
 
-class PrivacyConfig(BaseModel):
+class PrivacyConfig(Section):
     """The `[privacy]` section."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     masks: tuple[MaskRegion, ...] = Field((), max_length=MAX_MASKS)
     fill: Fill = "solid"  # for masks that do not name their own
     confirm_large_masks: bool = False  # allow masks covering over 90 % of the frame

@@ -15,7 +15,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from agent.encode.ladder import Rung
+from agent.adapt.ladder import Rung
 
 log = logging.getLogger(__name__)
 

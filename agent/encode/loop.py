@@ -20,13 +20,13 @@ import av
 import cv2
 import numpy as np
 
+from agent.adapt.ladder import Rung
 from agent.capture.capture import Capture, CapturedFrame
-from agent.capture.overlay import Overlay
-from agent.config import EncodeConfig
+from agent.core.events import Event, EventSink, utc_now_iso
+from agent.encode.config import EncodeConfig
 from agent.encode.encoder import PTS_HZ, VideoEncoder, open_video_encoder
-from agent.encode.ladder import Rung
+from agent.encode.overlay import Overlay
 from agent.encode.segmenter import EncodedSegment, SegmentWriter
-from agent.events import Event, EventSink, utc_now_iso
 
 log = logging.getLogger(__name__)
 

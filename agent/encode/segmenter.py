@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import av
 
+from agent.adapt.ladder import Rung
 from agent.encode.encoder import PTS_HZ, TIME_BASE
-from agent.encode.ladder import Rung
 
 log = logging.getLogger(__name__)
 

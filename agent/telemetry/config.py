@@ -6,7 +6,7 @@ ca_file = "/etc/station-agent/mqtt-ca.pem"    # mqtts only; system CAs when abse
 cert_file = "/etc/station-agent/mqtt.crt"     # mTLS client certificate (with key_file)
 key_file = "/etc/station-agent/mqtt.key"
 username = "AZ-0001"
-password_file = "/etc/station-agent/mqtt-password"   # read by agent.config, never here
+password_file = "/etc/station-agent/mqtt-password"   # read by agent.service.config, never here
 prefix = "stations"
 heartbeat_s = 10
 keepalive_s = 30
@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from agent.core.config import Section
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}  # IANA registrations for MQTT and MQTT over TLS
 # Topic levels may not hold the MQTT wildcards (+ #) and must not be empty; keep to URL-safe
@@ -57,15 +59,13 @@ def parse_broker_url(url: str) -> BrokerAddress:
     )
 
 
-class MqttConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class MqttConfig(Section):
     url: str
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
     username: str | None = Field(None, min_length=1, max_length=256)
-    password_file: Path | None = None  # agent.config reads it and hands the password over
+    password_file: Path | None = None  # agent.service.config reads it and hands the password over
     prefix: str = Field("stations", max_length=128)
     heartbeat_s: float = Field(10.0, ge=1.0, le=3600.0)
     keepalive_s: int = Field(30, ge=2, le=3600)

@@ -30,7 +30,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.backoff import full_jitter_s
+from agent.core.backoff import full_jitter_s
 from agent.telemetry import payloads
 from agent.telemetry.config import MqttConfig
 from agent.telemetry.outbox import Outbox

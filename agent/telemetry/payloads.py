@@ -11,7 +11,7 @@ import math
 from importlib import resources
 from typing import Any
 
-from agent.events import Event
+from agent.core.events import Event
 
 SCHEMA_VERSION = 1  # bump on any incompatible change; consumers check it first
 PIPELINE_SECTIONS = ("capture", "encode", "uplink", "spool", "health", "privacy")

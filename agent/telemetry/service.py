@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from agent.events import Event, utc_now_iso
+from agent.core.events import Event, utc_now_iso
 from agent.telemetry import payloads
 from agent.telemetry.commands import BUSY, CommandHandler, CommandRouter
 from agent.telemetry.config import MqttConfig

@@ -19,7 +19,8 @@ from urllib.parse import quote
 
 import httpx
 
-from agent.config import HttpUplinkConfig, Secrets
+from agent.core.config import Secrets
+from agent.uplink.config import HttpUplinkConfig
 
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504, 507}
 MAX_RETRY_AFTER_S = 300.0  # a server asking for longer than this is treated as 5 minutes

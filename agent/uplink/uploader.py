@@ -23,18 +23,18 @@ from typing import Any
 
 import tenacity
 
-from agent.backoff import floor_jitter_s, full_jitter_s
-from agent.config import HttpUplinkConfig
-from agent.events import Event, EventSink, utc_now_iso
+from agent.adapt.throughput import ThroughputEstimator
+from agent.core.backoff import floor_jitter_s, full_jitter_s
+from agent.core.events import Event, EventSink, utc_now_iso
+from agent.spool.store import SegmentRecord, Spool
+from agent.uplink.config import HttpUplinkConfig
 from agent.uplink.playlists import Entry, render_archive, render_live
-from agent.uplink.spool import SegmentRecord, Spool
 from agent.uplink.targets import (
     Progress,
     RejectedUploadError,
     RetryableUploadError,
     UploadTarget,
 )
-from agent.uplink.throughput import ThroughputEstimator
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ import cv2
 import numpy as np
 from pydantic import ValidationError
 
-from agent.capture.health import CameraHealth, read_reference, write_reference
-from agent.capture.health_config import HealthConfig
 from agent.capture.sources import SourceError, grab_frame, open_source, redact_url
-from agent.events import Event
+from agent.core.events import Event
+from agent.health.camera import CameraHealth, read_reference, write_reference
+from agent.health.config import HealthConfig
 
 LIVE_SCHEMES = ("v4l2:", "rtsp://", "rtsps://", "http://", "https://", "test:")
 DEFAULT_SIZE = (1280, 720, 30)  # live sources without a [capture] section: the agent's default

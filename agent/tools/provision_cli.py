@@ -28,10 +28,11 @@ import numpy as np
 from pydantic import SecretStr
 
 from agent.capture.sources import SourceError, grab_frame
-from agent.check import SERVICE, CheckOptions, systemd_running
-from agent.check_cli import check_and_print
-from agent.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, load_secrets, read_secret
-from agent.provision import (
+from agent.core.config import ConfigError, read_secret
+from agent.service.config import DEFAULT_CONFIG_PATH, load_config, load_secrets
+from agent.tools.check import SERVICE, CheckOptions, systemd_running
+from agent.tools.check_cli import check_and_print
+from agent.tools.provision import (
     CONFIG_NAME,
     DEFAULT_SIZE,
     DEFAULT_SPOOL,
@@ -299,7 +300,7 @@ def stage_roster(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m agent.provision_cli` until the subcommand is wired into agent/cli.py."""
+    """`python -m agent.tools.provision_cli` until the subcommand is wired into agent/cli.py."""
     parser = argparse.ArgumentParser(prog="station-agent")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["provision", *(sys.argv[1:] if argv is None else argv)])

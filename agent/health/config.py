@@ -15,14 +15,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from agent.core.config import Section
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Debounce(_Section):
+class Debounce(Section):
     raise_after_s: float = Field(2.0, ge=0, le=600)
     clear_after_s: float = Field(2.0, ge=0, le=600)
 
@@ -90,7 +88,7 @@ class MovedConfig(Debounce):
     clear_after_s: float = Field(5.0, ge=0, le=600)
 
 
-class HealthConfig(_Section):
+class HealthConfig(Section):
     enabled: bool = True
     analysis_hz: float = Field(2.0, ge=0.5, le=5.0)
     # Sharpness baseline (and the automatic reference) come from the first seconds of usable

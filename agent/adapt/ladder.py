@@ -12,7 +12,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from agent.core.config import Section
 
 
 @dataclass(frozen=True)
@@ -119,10 +121,9 @@ def lowest_at_or_above(ladder: Sequence[Rung], label: str) -> int:
     return fitting[0] if fitting else len(ladder) - 1
 
 
-class LadderRung(BaseModel):
+class LadderRung(Section):
     """One rung as written in the `[adapt]` section: {width, height, fps, bitrate_bps}."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     width: int = Field(ge=16, le=7680)
     height: int = Field(ge=16, le=4320)
     fps: int = Field(ge=1, le=60)
@@ -139,7 +140,7 @@ class LadderRung(BaseModel):
         return Rung(self.width, self.height, self.fps, self.bitrate_bps)
 
 
-class AdaptConfig(BaseModel):
+class AdaptConfig(Section):
     """The `[adapt]` section: ladder, bounds and the controller's tuning.
 
     Rungs are named by picture labels such as "720p30" (height p fps), which work for 16:9 and
@@ -148,7 +149,6 @@ class AdaptConfig(BaseModel):
     are both >= the label's.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     # False: always encode the top rung (what a fixed-bitrate encoder would do).
     enabled: bool = True
     # Explicit ladder (any order; sorted by bitrate). Default: LADDER_16_9 or LADDER_4_3.

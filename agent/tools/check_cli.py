@@ -15,8 +15,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from agent import check_net
-from agent.check import (
+from agent.core.config import Secrets
+from agent.service.config import DEFAULT_CONFIG_PATH, AgentConfig
+from agent.tools import check_net
+from agent.tools.check import (
     DEFAULT_HOURS,
     LIMITS_S,
     SERVICE,
@@ -31,7 +33,6 @@ from agent.check import (
     check_service,
     check_spool,
 )
-from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, Secrets
 
 NEED_CONFIG = ("camera", "picture", "encoder", "upload", "throughput", "mqtt", "clock", "spool")
 STOP_START_TIMEOUT_S = 90.0  # TimeoutStartSec of the unit is 60 s
@@ -193,7 +194,7 @@ def _service_active(options: CheckOptions) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m agent.check_cli` until the subcommand is wired into agent/cli.py."""
+    """`python -m agent.tools.check_cli` until the subcommand is wired into agent/cli.py."""
     parser = argparse.ArgumentParser(prog="station-agent")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["check", *(sys.argv[1:] if argv is None else argv)])

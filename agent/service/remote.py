@@ -12,9 +12,9 @@ from typing import Any
 
 import cv2
 
-from agent.capture.health import write_reference
-from agent.encode.ladder import parse_label
-from agent.pipeline import Pipeline
+from agent.adapt.ladder import parse_label
+from agent.health.camera import write_reference
+from agent.service.pipeline import Pipeline
 from agent.telemetry import CommandError, CommandHandler
 
 log = logging.getLogger(__name__)

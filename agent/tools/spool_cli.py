@@ -9,7 +9,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from agent.uplink.spool import (
+from agent.spool.store import (
     GENESIS_SHA256,
     SEGMENT_DIR,
     SegmentRecord,

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 from pydantic import ValidationError
 
+from agent.capture.config import CaptureConfig
 from agent.capture.privacy import (
     MAX_COVERAGE_SHARE,
     Fill,
@@ -30,12 +31,8 @@ from agent.capture.privacy import (
     PrivacyMasker,
     coverage_share,
 )
-from agent.config import (
-    CaptureConfig,
-    ConfigError,
-    config_from_dict,
-    describe_validation_error,
-)
+from agent.core.config import ConfigError, describe_validation_error
+from agent.service.config import config_from_dict
 
 GRAB_TIMEOUT_S = 15.0  # a USB camera needs a few seconds to open and settle its exposure
 DEFAULT_PREVIEW = Path("mask-preview.png")

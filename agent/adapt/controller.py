@@ -33,7 +33,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agent.encode.ladder import (
+from agent.adapt.ladder import (
     AdaptConfig,
     Rung,
     format_bps,

@@ -27,14 +27,15 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
-from agent.capture.health import CameraHealth, read_reference
-from agent.capture.mask_cli import render_preview
+from agent.adapt.ladder import Rung, build_ladder, rung_label
 from agent.capture.privacy import PrivacyMasker, coverage_share
 from agent.capture.sources import SourceError, TestPatternSource, open_source, redact_url
-from agent.config import AgentConfig, ConfigError, Secrets, load_config, load_secrets
+from agent.core.config import ConfigError, Secrets
+from agent.core.events import Event
 from agent.encode.encoder import PTS_HZ, EncoderError, open_video_encoder
-from agent.encode.ladder import Rung, build_ladder, rung_label
-from agent.events import Event
+from agent.health.camera import CameraHealth, read_reference
+from agent.service.config import AgentConfig, load_config, load_secrets
+from agent.tools.mask_cli import render_preview
 
 log = logging.getLogger(__name__)
 

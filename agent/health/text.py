@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.events import Severity
+from agent.core.events import Severity
 
 # "error": the video shows nothing useful; "warning": it does, but worse than it should.
 SEVERITY: dict[str, Severity] = {

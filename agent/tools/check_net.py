@@ -19,10 +19,12 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.check import CheckResult, System, top_rung
-from agent.config import AgentConfig, HttpUplinkConfig, Secrets
-from agent.encode.ladder import build_ladder, format_bps, rung_label
+from agent.adapt.ladder import build_ladder, format_bps, rung_label
+from agent.core.config import Secrets
+from agent.service.config import AgentConfig
 from agent.telemetry.mqtt import describe_connect_error
+from agent.tools.check import CheckResult, System, top_rung
+from agent.uplink.config import HttpUplinkConfig
 from agent.uplink.targets import (
     RejectedUploadError,
     RetryableUploadError,

@@ -23,16 +23,11 @@ from typing import Any
 import numpy as np
 from pydantic import SecretStr, ValidationError
 
-from agent.capture.health import write_reference
-from agent.capture.mask_cli import format_section
 from agent.capture.privacy import PrivacyConfig
-from agent.config import (
-    DEFAULT_CONFIG_PATH,
-    AgentConfig,
-    ConfigError,
-    describe_validation_error,
-    read_secret,
-)
+from agent.core.config import ConfigError, describe_validation_error, read_secret
+from agent.health.camera import write_reference
+from agent.service.config import DEFAULT_CONFIG_PATH, AgentConfig
+from agent.tools.mask_cli import format_section
 
 CONFIG_NAME = DEFAULT_CONFIG_PATH.name
 UPLOAD_TOKEN_NAME = "upload-token"  # noqa: S105 - a file name, not a secret

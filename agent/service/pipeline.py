@@ -17,20 +17,21 @@ from typing import Any
 
 import numpy as np
 
+from agent.adapt.controller import ControlInputs, RungController
+from agent.adapt.ladder import Rung, build_ladder
+from agent.adapt.throughput import ThroughputEstimator
 from agent.capture.capture import Capture
-from agent.capture.health import CameraHealth, read_reference
 from agent.capture.privacy import PrivacyMasker
 from agent.capture.sources import open_source
-from agent.config import AgentConfig, Secrets
-from agent.encode.ladder import Rung, build_ladder
+from agent.core.config import Secrets
+from agent.core.events import Event, EventFanout
 from agent.encode.loop import BoundaryFigures, EncodeLoop
 from agent.encode.segmenter import EncodedSegment
-from agent.events import Event, EventFanout
-from agent.supervision import ProgressWatchdog, status_line
-from agent.uplink.controller import ControlInputs, RungController
-from agent.uplink.spool import Spool, SpoolError
+from agent.health.camera import CameraHealth, read_reference
+from agent.service.config import AgentConfig
+from agent.service.supervision import ProgressWatchdog, status_line
+from agent.spool.store import Spool, SpoolError
 from agent.uplink.targets import HttpTarget, open_target
-from agent.uplink.throughput import ThroughputEstimator
 from agent.uplink.uploader import SegmentUploader
 
 log = logging.getLogger(__name__)

@@ -28,8 +28,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from agent.encode.ladder import Rung
-from agent.events import Event, EventSink
+from agent.adapt.ladder import Rung
+from agent.core.events import Event, EventSink
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def status_line(state: str, rung: Rung, bitrate_bps: float, backlog_segments: in
 
 
 class Notifier(Protocol):
-    """What the supervisor needs from agent.sdnotify.SdNotifier."""
+    """What the supervisor needs from agent.service.sdnotify.SdNotifier."""
 
     def status(self, text: str) -> bool: ...
 

@@ -21,10 +21,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.encode.ladder import Rung
+from agent.adapt.ladder import Rung
+from agent.core.events import Event, EventSink, utc_now_iso
 from agent.encode.segmenter import EncodedSegment
-from agent.events import Event, EventSink, utc_now_iso
-from agent.uplink.eviction import StoredSegment, choose_evictions
+from agent.spool.eviction import StoredSegment, choose_evictions
 
 log = logging.getLogger(__name__)
 

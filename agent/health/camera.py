@@ -25,10 +25,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agent.capture import health_metrics as hm
-from agent.capture.health_config import HealthConfig
-from agent.capture.health_text import SEVERITY, describe
-from agent.events import Event, EventSink
+from agent.core.events import Event, EventSink
+from agent.health import metrics as hm
+from agent.health.config import HealthConfig
+from agent.health.text import SEVERITY, describe
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,99 @@
+"""Configuration: one TOML file, parsed once into typed, validated models.
+
+`load_config(path)` is the only place that reads the config file, and `load_secrets` the only
+place that reads the secret files it names. Each stage owns its section model; this module
+assembles them. Any problem raises `ConfigError` with one line naming the file, the key and what
+is wrong, so the CLI can print it and exit 2.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, ValidationError
+
+from agent.adapt.ladder import AdaptConfig
+from agent.capture.config import CaptureConfig
+from agent.capture.privacy import PrivacyConfig
+from agent.core.config import ConfigError, Secrets, Section, describe_validation_error, read_secret
+from agent.encode.config import EncodeConfig
+from agent.health.config import HealthConfig
+from agent.spool.config import SpoolConfig
+from agent.telemetry.config import MqttConfig
+from agent.uplink.config import UplinkConfig
+
+DEFAULT_CONFIG_PATH = Path("/etc/station-agent/config.toml")
+STATION_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+
+
+class WatchdogConfig(Section):
+    """Seconds a stage may go without progress before the agent stops its systemd watchdog
+    pings (and systemd restarts it). A stage with nothing to do is never stalled."""
+
+    capture_s: float = Field(60.0, ge=1, le=3600)  # a frame, or a camera reopen attempt
+    encode_s: float = Field(20.0, ge=1, le=3600)  # an encoded frame
+    spool_s: float = Field(60.0, ge=1, le=3600)  # a segment stored while some are waiting
+    uplink_s: float = Field(90.0, ge=1, le=3600)  # bytes moving while an upload is running
+
+    def deadlines_s(self) -> dict[str, float]:
+        return {
+            "capture": self.capture_s,
+            "encode": self.encode_s,
+            "spool": self.spool_s,
+            "uplink": self.uplink_s,
+        }
+
+
+class AgentConfig(Section):
+    station_id: Annotated[str, Field(pattern=STATION_ID_PATTERN)]
+    capture: CaptureConfig = CaptureConfig()
+    encode: EncodeConfig = EncodeConfig()
+    spool: SpoolConfig = SpoolConfig()
+    uplink: UplinkConfig = UplinkConfig()
+    adapt: AdaptConfig = AdaptConfig()
+    health: HealthConfig = HealthConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+    mqtt: MqttConfig | None = None  # None: heartbeats and events as JSON lines on stdout
+    watchdog: WatchdogConfig = WatchdogConfig()
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read and validate the TOML file at `path`."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the file: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    cfg = config_from_dict(data, source=str(path))
+    reference = cfg.health.reference_image
+    if reference is not None and not reference.is_absolute():
+        # the reference picture is stored with the config: relative to the config's folder
+        health = cfg.health.model_copy(update={"reference_image": path.parent / reference})
+        cfg = cfg.model_copy(update={"health": health})
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<config>") -> AgentConfig:
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
+
+
+def load_secrets(cfg: AgentConfig) -> Secrets:
+    http = cfg.uplink.http
+    values: dict[str, SecretStr] = {}
+    if http is not None and http.token_file is not None:
+        values["http_token"] = read_secret(http.token_file, "upload token", header_safe=True)
+    if http is not None and http.password_file is not None:
+        values["http_password"] = read_secret(
+            http.password_file, "upload password", header_safe=True
+        )
+    if cfg.mqtt is not None and cfg.mqtt.password_file is not None:
+        values["mqtt_password"] = read_secret(cfg.mqtt.password_file, "MQTT password")
+    return Secrets(**values)

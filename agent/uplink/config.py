@@ -1,0 +1,49 @@
+"""`[uplink.*]`: where the segments and playlists go and how to authenticate."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import Field, FilePath, field_validator, model_validator
+
+from agent.core.config import Section
+
+
+class HttpUplinkConfig(Section):
+    url: str
+    token_file: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    ca_file: FilePath | None = None
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
+    live_window: int = Field(6, ge=3, le=60)  # segments in live.m3u8
+    archive_interval_s: float = Field(30.0, ge=0, le=3600)  # archive.m3u8 rewrite interval
+    # full-jitter backoff cap: about one segment, so a server that comes back gets the live
+    # edge within ~2 segments (1,000 boxes at <= 2 s each is ~500 req/s for a CDN: fine)
+    backoff_max_s: float = Field(2.0, ge=0.1, le=600)
+    timeout_s: float | None = Field(None, gt=0, le=600)  # stall limit; default 5 segments, >= 10 s
+    rejected_backoff_s: float = Field(60.0, ge=0.5, le=3600)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if not re.match(r"^(https?://[^/@]+(/|$)|file:///?)", value):
+            raise ValueError(
+                f"{value!r} must be an http://, https:// or file:// URL without user:password "
+                "(credentials go in token_file or password_file)"
+            )
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _client_cert_pair(self) -> HttpUplinkConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (client certificate)")
+        if self.password_file is not None and not self.username:
+            raise ValueError("password_file needs a username (basic auth)")
+        return self
+
+
+class UplinkConfig(Section):
+    http: HttpUplinkConfig | None = None
