@@ -29,7 +29,8 @@ def test_the_repository_keeps_its_layers() -> None:
 
 
 def test_an_upward_import_breaks_the_contract(tmp_path: Path) -> None:
-    shutil.copytree(ROOT / "agent", tmp_path / "agent", ignore=shutil.ignore_patterns("__pycache__"))
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(ROOT / "agent", tmp_path / "agent", ignore=skip)
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     sources = tmp_path / "agent" / "capture" / "sources.py"
     sources.write_text(sources.read_text() + "\nimport agent.service.pipeline  # noqa\n")
