@@ -25,6 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from agent.core.durable import rewrite_atomic
 from agent.core.events import Event, EventSink
 from agent.health import metrics as hm
 from agent.health.config import HealthConfig
@@ -118,10 +119,18 @@ def read_reference(path: Path) -> np.ndarray:
     return image
 
 
+def encode_reference(frame_bgr: np.ndarray, suffix: str = ".png") -> bytes:
+    """A reference picture as the bytes of a PNG or JPEG file (by `suffix`)."""
+    ok, encoded = cv2.imencode(suffix, frame_bgr)
+    if not ok:
+        raise OSError(f"cannot encode a reference image as {suffix}")
+    return encoded.tobytes()
+
+
 def write_reference(path: Path, frame_bgr: np.ndarray) -> None:
-    """Stores a reference picture next to the config (PNG or JPEG by the file's suffix)."""
-    if not cv2.imwrite(str(path), frame_bgr):
-        raise OSError(f"cannot write reference image {path}")
+    """Stores a reference picture next to the config (PNG or JPEG by the file's suffix),
+    atomically and durably; a replaced picture keeps its mode and owner."""
+    rewrite_atomic(path, encode_reference(frame_bgr, path.suffix))
 
 
 class CameraHealth:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
 import sqlite3
 import threading
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.adapt.ladder import Rung
+from agent.core.durable import fsync_directory, write_atomic
 from agent.core.events import Event, EventSink, utc_now_iso
 from agent.encode.segmenter import EncodedSegment
 from agent.spool.eviction import StoredSegment, choose_evictions
@@ -62,6 +62,8 @@ GENESIS_SHA256 = "0" * 64  # prev_sha256 of the very first segment
 SEGMENT_DIR = "segments"
 DISK_OK_FACTOR = 1.2  # disk_low is re-armed when free space is 20 % above the floor
 INDEX_FILE = "index.sqlite"
+# Segments are the service's alone (the unit's UMask=0077 always made them 0600).
+SEGMENT_MODE = 0o600
 
 
 class SpoolError(Exception):
@@ -219,7 +221,7 @@ class Spool:
                 self.db.execute("UPDATE segments SET evicted = 1 WHERE seq = ?", (seq,))
             else:
                 self._record_loss(seq, "file missing at start (disk failure?)")
-        _fsync_dir(self.segment_dir)
+        fsync_directory(self.segment_dir)
         report = RecoveryReport(temps, unindexed, missing)
         if not report.clean:
             log.warning(
@@ -257,8 +259,7 @@ class Spool:
             sha = hashlib.sha256(segment.data).hexdigest()
             self._make_room(incoming_bytes=len(segment.data))
             final = self.segment_dir / segment_file_name(seq)
-            temp = final.with_suffix(".ts.tmp")
-            _write_durably(temp, final, segment.data)
+            write_atomic(final, segment.data, mode=SEGMENT_MODE)
             rung = segment.rung
             with self._transaction() as db:
                 db.execute(
@@ -462,25 +463,3 @@ class Spool:
 class _NullSink:
     def emit(self, event: Event) -> None:
         log.debug("read-only spool event dropped: %s", event.kind)
-
-
-def _write_durably(temp: Path, final: Path, data: bytes) -> None:
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, final)
-    _fsync_dir(final.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

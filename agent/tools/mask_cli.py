@@ -11,7 +11,6 @@ replaces the `[privacy]` section of the config file and leaves the rest of the f
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import tomllib
@@ -32,6 +31,7 @@ from agent.capture.privacy import (
     coverage_share,
 )
 from agent.core.config import ConfigError, describe_validation_error
+from agent.core.durable import rewrite_atomic
 from agent.service.config import config_from_dict
 
 GRAB_TIMEOUT_S = 15.0  # a USB camera needs a few seconds to open and settle its exposure
@@ -335,22 +335,7 @@ def write_config(path: Path, text: str, privacy: PrivacyConfig) -> None:
     after.pop("privacy", None)
     if before != after or reread != privacy:
         raise ConfigError(f"{path}: could not update [privacy] safely; edit it by hand")
-    tmp = path.with_name(f".{path.name}.mask-{os.getpid()}.tmp")
-    mode = path.stat()
     try:
-        with tmp.open("w", encoding="utf-8") as f:
-            f.write(new_text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode.st_mode & 0o7777)
-        if hasattr(os, "chown") and os.geteuid() == 0:
-            os.chown(tmp, mode.st_uid, mode.st_gid)  # keep the config readable by the service
-        os.replace(tmp, path)
+        rewrite_atomic(path, new_text.encode("utf-8"))  # keeps the file's mode and owner
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise ConfigError(f"{path}: cannot write the file: {exc.strerror or exc}") from None
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

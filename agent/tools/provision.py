@@ -18,14 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from pydantic import SecretStr, ValidationError
 
 from agent.capture.privacy import PrivacyConfig
 from agent.core.config import ConfigError, describe_validation_error, read_secret
-from agent.health.camera import write_reference
+from agent.core.durable import write_atomic
+from agent.health.camera import encode_reference
 from agent.service.config import DEFAULT_CONFIG_PATH, AgentConfig
 from agent.tools.mask_cli import format_section
 
@@ -173,8 +174,7 @@ def existing_privacy(config_path: Path) -> PrivacyConfig | None:
 # --- writing -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Owner:
+class Owner(NamedTuple):
     uid: int
     gid: int
 
@@ -191,22 +191,8 @@ def service_owner() -> Owner | None:
 
 
 def write_private(path: Path, data: bytes, owner: Owner | None) -> None:
-    """Written to a temporary file (0600 from the start), fsynced, renamed into place."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, FILE_MODE)  # whatever the umask
-        if owner is not None:
-            os.chown(tmp, owner.uid, owner.gid)
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
+    """0600 from the start, owned by `owner`, durable before this returns."""
+    write_atomic(path, data, mode=FILE_MODE, owner=owner)
 
 
 def ensure_dir(path: Path, owner: Owner | None) -> None:
@@ -239,10 +225,7 @@ def write_station(
             written.append(path)
     if reference_frame is not None:
         path = output_dir / REFERENCE_NAME
-        tmp = output_dir / f".{REFERENCE_NAME}.tmp.png"
-        write_reference(tmp, reference_frame)
-        write_private(path, tmp.read_bytes(), owner)
-        tmp.unlink()
+        write_private(path, encode_reference(reference_frame, path.suffix), owner)
         written.append(path)
     data = config_data(values, install_dir, reference=reference_frame is not None)
     config_path = output_dir / CONFIG_NAME

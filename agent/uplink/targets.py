@@ -9,7 +9,6 @@ the data, tell central staff). Secrets are held as SecretStr and never logged.
 from __future__ import annotations
 
 import email.utils
-import os
 import ssl
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from urllib.parse import quote
 import httpx
 
 from agent.core.config import Secrets
+from agent.core.durable import write_atomic
 from agent.uplink.config import HttpUplinkConfig
 
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504, 507}
@@ -193,9 +193,7 @@ class FileTarget:
     ) -> None:
         try:
             self._dir.mkdir(parents=True, exist_ok=True)
-            temp = self._dir / f".{name}.part"
-            temp.write_bytes(data)
-            os.replace(temp, self._dir / name)  # readers never see half a playlist
+            write_atomic(self._dir / name, data)  # readers never see half a playlist
         except OSError as exc:
             raise RetryableUploadError(f"writing {self._dir / name}: {exc}") from exc
 
