@@ -35,7 +35,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from agent.adapt.controller import ControlInputs, RungController
+from agent.adapt.controller import RungController, control_inputs
 from agent.adapt.ladder import AdaptConfig, Rung, build_ladder
 from agent.adapt.throughput import ThroughputEstimator
 
@@ -46,6 +46,7 @@ BACKOFF_MAX_S = 30.0
 SIZE_NOISE_SIGMA = 0.12  # log-normal spread of segment sizes around the target bitrate
 SPOOL_QUOTA_BYTES = 150 * 10**6  # scaled down so a fixed bitrate on a slow link hits it
 SETTLE_S = 60.0
+ENCODE_LOAD = 0.3  # the simulated encoder keeps up with every rung (no CPU cap in play)
 PROGRESS = True  # the uploader reports bytes sent (--no-progress: completions only)
 PROGRESS_EVERY_S = 0.25
 CAMERA = (1920, 1080, 30)
@@ -222,13 +223,14 @@ class SimAgent:
         uploaded = [s for s in self.segments[:-1] if s.uploaded]
         previous_end_s = self.segments[-2].end_s if len(self.segments) > 1 else newest.end_s
         lag_s = max(0.0, previous_end_s - (uploaded[-1].end_s if uploaded else 0.0))
-        inputs = ControlInputs(
-            estimate_bps=self.estimator.estimate_bps(now_s),
-            offline=self.estimator.offline(now_s),
+        inputs = control_inputs(
+            self.estimator,
+            now_s,
             backlog_bytes=backlog,
             live_lag_s=lag_s,
+            encode_load=ENCODE_LOAD,
+            frames_dropped=0,
             segment_s=self.segment_s,
-            encode_load=0.3,
         )
         before = self.controller.switches
         self.rung = self.controller.decide(now_s, inputs)

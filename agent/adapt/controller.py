@@ -40,6 +40,7 @@ from agent.adapt.ladder import (
     highest_at_or_below,
     rung_label,
 )
+from agent.adapt.throughput import ThroughputEstimator
 
 # The live edge counts as lagging once two older segments are still unsent (one can be a single
 # large segment; a stalled upload already lowers the estimate through the in-flight bound).
@@ -73,6 +74,29 @@ class ControlInputs:
     encode_load: float = 0.0
     frames_dropped: int = 0
     segment_s: float = 2.0
+
+
+def control_inputs(
+    estimator: ThroughputEstimator,
+    now_s: float,
+    *,
+    backlog_bytes: int,
+    live_lag_s: float,
+    encode_load: float,
+    frames_dropped: int,
+    segment_s: float,
+) -> ControlInputs:
+    """The inputs for the decision at a segment boundary at `now_s`. The pipeline and the
+    trace replay (bench/adapt_traces.py) both build them here, so the bench measures what runs."""
+    return ControlInputs(
+        estimate_bps=estimator.estimate_bps(now_s),
+        offline=estimator.offline(now_s),
+        backlog_bytes=backlog_bytes,
+        live_lag_s=live_lag_s,
+        encode_load=encode_load,
+        frames_dropped=frames_dropped,
+        segment_s=segment_s,
+    )
 
 
 def pixel_rate(rung: Rung) -> int:
