@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from agent.adapt.ladder import Rung
 from agent.core.events import RecordingSink
+from agent.service.pipeline import run_until
 from agent.service.sdnotify import SdNotifier
 from agent.service.supervision import ProgressWatchdog, Supervisor, status_line
 
@@ -300,7 +301,7 @@ def test_hung_stage_stops_the_watchdog_pings_end_to_end(
     # A deadline far above the 0.1 s ping interval so a slow CI box never stalls by accident.
     wd = ProgressWatchdog({"encode": 0.5}, now_s=clock())
     sink = RecordingSink()
-    sup = Supervisor(notifier, wd, lambda: "streaming 720p30", sink=sink, clock=clock)
+    sup = Supervisor(notifier, wd, lambda: "streaming 720p30", sink=sink)
     assert sup.interval_s == pytest.approx(0.1)
 
     stop = threading.Event()
@@ -315,7 +316,9 @@ def test_hung_stage_stops_the_watchdog_pings_end_to_end(
 
     threads = [
         threading.Thread(target=worker, daemon=True),
-        threading.Thread(target=sup.run, args=(stop,), daemon=True),
+        threading.Thread(
+            target=run_until, args=(stop, lambda: sup.tick(clock()), sup.interval_s), daemon=True
+        ),
     ]
     for t in threads:
         t.start()

@@ -30,7 +30,17 @@ STATION_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 
 class WatchdogConfig(Section):
     """Seconds a stage may go without progress before the agent stops its systemd watchdog
-    pings (and systemd restarts it). A stage with nothing to do is never stalled."""
+    pings (and systemd restarts it). A stage with nothing to do is never stalled.
+
+    A restart follows up to WatchdogSec (30 s) later. Origins of the defaults:
+    - capture 60: a lost camera is retried with backoff up to capture.reconnect_max_s (30 s) and
+      each finished attempt counts as progress; 60 s covers that plus a slow V4L2/RTSP open.
+    - encode 20: ten 2-s segments; libx264 veryfast never takes a second per frame unless hung.
+    - spool 60: fsync on a worn SD card can take seconds; a full disk is retried (counts as
+      progress), only a write that never returns is a hang.
+    - uplink 90: while busy, any bytes sent count; 90 s without a single byte is a hung socket
+      (httpx timeouts should fire well before, so this only catches what they miss).
+    """
 
     capture_s: float = Field(60.0, ge=1, le=3600)  # a frame, or a camera reopen attempt
     encode_s: float = Field(20.0, ge=1, le=3600)  # an encoded frame

@@ -6,9 +6,10 @@ to do (an uplink with an empty backlog) says so with `idle(stage, now_s)` and ca
 `busy(stage, now_s)` starts its clock again; so an idle uplink is healthy, and an upload that
 hangs is not.
 
-`Supervisor` is the loop around it: each tick it sends a human STATUS= line when it changed and
-WATCHDOG=1 while all stages are healthy. When a stage hangs the pings stop, the stall is logged
-and reported once, and systemd (WatchdogSec) restarts the agent.
+`Supervisor` is ticked by the main loop (`run_until` in agent/service/pipeline.py): each tick
+it sends a human STATUS= line when it changed and WATCHDOG=1 while all stages are healthy. When
+a stage hangs the pings stop, the stall is logged and reported once, and systemd (WatchdogSec)
+restarts the agent.
 
 How the pipeline feeds it (stage names are free; these are the ones the agent uses):
 - "capture": each frame delivered, and each finished reopen attempt while the camera is lost
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -36,22 +36,6 @@ log = logging.getLogger(__name__)
 # The loop checks progress (and pings, when healthy) this often; systemd needs a ping within
 # WatchdogSec (30 s in the unit), so pinging every second costs one datagram and leaves margin.
 DEFAULT_TICK_S = 1.0
-
-# Suggested per-stage deadlines (seconds without progress before the stage counts as hung).
-# A restart follows up to WatchdogSec (30 s) later. Origins:
-# - capture 60: a lost camera is retried with backoff up to capture.reconnect_max_s (30 s) and
-#   each finished attempt counts as progress; 60 s covers that plus a slow V4L2/RTSP open.
-# - encode 20: ten 2-s segments; libx264 veryfast never takes a second per frame unless hung.
-# - spool 60: fsync on a worn SD card can take seconds; a full disk is retried (counts as
-#   progress), only a write that never returns is a hang.
-# - uplink 90: while busy, any bytes sent count; 90 s without a single byte is a hung socket
-#   (httpx timeouts should fire well before, so this only catches what they miss).
-DEFAULT_DEADLINES_S: dict[str, float] = {
-    "capture": 60.0,
-    "encode": 20.0,
-    "spool": 60.0,
-    "uplink": 90.0,
-}
 
 
 @dataclass
@@ -147,13 +131,11 @@ class Supervisor:
         progress: ProgressWatchdog,
         status_text: Callable[[], str],
         sink: EventSink | None = None,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._notifier = notifier
         self._progress = progress
         self._status_text = status_text
         self._sink = sink
-        self._clock = clock
         interval_s = notifier.watchdog_interval_s()
         # Tick at least as often as systemd wants pings, and at least every DEFAULT_TICK_S.
         self.interval_s = min(DEFAULT_TICK_S, interval_s) if interval_s else DEFAULT_TICK_S
@@ -167,11 +149,6 @@ class Supervisor:
     def stalled_stages(self) -> list[str]:
         """The stages that were stalled at the last tick (empty when healthy)."""
         return list(self._stalled)
-
-    def run(self, stop: threading.Event) -> None:
-        """The loop: tick every `interval_s` until `stop` is set."""
-        while not stop.wait(self.interval_s):
-            self.tick(self._clock())
 
     def tick(self, now_s: float) -> bool:
         """One round; returns True when WATCHDOG=1 was sent."""

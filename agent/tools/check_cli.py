@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -191,15 +190,3 @@ def _config_checks(
 def _service_active(options: CheckOptions) -> bool:
     system = options.system
     return system.systemd() and system.run(["systemctl", "is-active", SERVICE], 10.0)[1] == "active"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m agent.tools.check_cli` until the subcommand is wired into agent/cli.py."""
-    parser = argparse.ArgumentParser(prog="station-agent")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["check", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -297,15 +297,3 @@ def stage_roster(args: argparse.Namespace) -> int:
         f"{len(stations)} station(s) staged in {out}; on each box copy its folder to {install_dir}"
     )
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m agent.tools.provision_cli` until the subcommand is wired into agent/cli.py."""
-    parser = argparse.ArgumentParser(prog="station-agent")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["provision", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
