@@ -1,0 +1,89 @@
+"""SpoolWriter on a real spool: segments stored in order, a broken disk retried, and what
+cannot be stored by shutdown reported, never silently lost."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.adapt.ladder import Rung
+from agent.core.events import RecordingSink
+from agent.encode.segmenter import EncodedSegment
+from agent.spool.store import Spool
+from agent.spool.writer import SpoolWriter
+
+RUNG = Rung(320, 240, 15, 300_000)
+TIMEOUT_S = 30.0
+
+
+def segment(k: int) -> EncodedSegment:
+    started = f"2026-11-23T10:00:{k:02d}.000Z"
+    return EncodedSegment(bytes([k]) * 2_000, started, k * 90_000, 1.0, RUNG, 15, "x", k == 0)
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Iterator[tuple[Spool, RecordingSink]]:
+    sink = RecordingSink()
+    spool = Spool(tmp_path / "spool", ["http"], 10**9, 0, sink)
+    spool.open()
+    yield spool, sink
+    spool.close()
+
+
+def break_disk(spool: Spool) -> None:
+    """A file where the segment directory was: every segment write fails with an OSError."""
+    shutil.rmtree(spool.segment_dir)
+    spool.segment_dir.write_bytes(b"")
+
+
+def repair_disk(spool: Spool) -> None:
+    spool.segment_dir.unlink()
+    spool.segment_dir.mkdir()
+
+
+def test_segments_are_stored_in_order_and_counted(spool: tuple[Spool, RecordingSink]) -> None:
+    store, sink = spool
+    writer = SpoolWriter(store, sink)
+    writer.start()
+    for k in range(3):
+        writer.put(segment(k))
+    writer.stop()
+    assert writer.segments_stored == 3 and writer.queue_empty
+    assert [r.started_utc for r in store.segments()] == [segment(k).started_utc for k in range(3)]
+    assert sink.kinds() == []
+
+
+def test_a_disk_that_recovers_loses_nothing(spool: tuple[Spool, RecordingSink]) -> None:
+    store, sink = spool
+    writer = SpoolWriter(store, sink)
+    writer.start()
+    break_disk(store)
+    writer.put(segment(0))
+    failed = sink.wait_for("spool_write_failed", TIMEOUT_S)
+    assert failed is not None and failed.severity == "critical"
+    repair_disk(store)
+    assert store.wait_for_segment(-1, TIMEOUT_S), "the retried segment was not stored"
+    writer.stop()
+    assert writer.segments_stored == 1
+    assert "segment_dropped" not in sink.kinds()
+
+
+def test_a_segment_unstorable_at_shutdown_is_reported_dropped(
+    spool: tuple[Spool, RecordingSink],
+) -> None:
+    store, sink = spool
+    writer = SpoolWriter(store, sink)
+    writer.start()
+    break_disk(store)
+    writer.put(segment(7))
+    assert sink.wait_for("spool_write_failed", TIMEOUT_S) is not None
+    writer.stop()  # a few last tries, then the segment is given up and reported
+    dropped = sink.wait_for("segment_dropped", 0)
+    assert dropped is not None and dropped.severity == "critical"
+    assert dropped.fields["started_utc"] == segment(7).started_utc
+    assert dropped.fields["bytes"] == 2_000
+    assert writer.segments_stored == 0 and store.segments() == []
+    assert sink.kinds().count("spool_write_failed") == 1  # reported once, not per attempt
