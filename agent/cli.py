@@ -30,7 +30,7 @@ from agent.service.remote import command_handlers
 from agent.service.sdnotify import SdNotifier
 from agent.service.supervision import ProgressWatchdog, Supervisor
 from agent.spool.store import SpoolError
-from agent.telemetry import Telemetry
+from agent.telemetry import Telemetry, open_channel
 from agent.tools import check_cli, health_cli, mask_cli, provision_cli, spool_cli
 
 log = logging.getLogger("agent")
@@ -119,15 +119,19 @@ def serve(
         print(f"error: cannot set up the agent: {exc}", file=sys.stderr)
         return 2
     password = secrets.mqtt_password.get_secret_value() if secrets.mqtt_password else None
-    telemetry = Telemetry(
+    channel = open_channel(
         cfg.mqtt,
         station_id=cfg.station_id,
         state_dir=cfg.spool.path / "telemetry",
+        password=password,
+    )
+    telemetry = Telemetry(
+        channel,
+        station_id=cfg.station_id,
         status=pipeline.status,
         summary=pipeline.summary(),
         commands=command_handlers(pipeline),
         version=__version__,
-        password=password,
         spool_path=cfg.spool.path,
     )
     events.subscribe(telemetry.emit)

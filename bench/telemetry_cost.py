@@ -31,7 +31,7 @@ from mqtt_broker import Mosquitto  # noqa: E402 - the tests' launcher
 from telemetry_runner import fake_status  # noqa: E402
 
 from agent.core.events import Event  # noqa: E402
-from agent.telemetry import MqttConfig, Telemetry  # noqa: E402
+from agent.telemetry import MqttConfig, Telemetry, open_channel  # noqa: E402
 
 STATION = "BENCH-0001"
 EVENT_GAP_S = 0.02  # between events: a burst far above any real incident rate
@@ -127,10 +127,14 @@ def main() -> int:
         broker.start()
         try:
             idle = cpu_fraction(args.seconds)
-            telemetry = Telemetry(
+            channel = open_channel(
                 MqttConfig(url=broker.url, heartbeat_s=1),
                 station_id=STATION,
                 state_dir=workdir / "state",
+            )
+            telemetry = Telemetry(
+                channel,
+                station_id=STATION,
                 status=fake_status,
                 summary={"source": "test:"},
                 commands={},

@@ -8,9 +8,10 @@ so that pytest can register it as a plugin.)
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import pytest
 from mqtt_broker import Mosquitto, MosquittoFactory, Subscriber, SubscriberFactory
@@ -23,7 +24,7 @@ from telemetry_helpers import (
 )
 from telemetry_runner import fake_status
 
-from agent.telemetry import MqttConfig, Telemetry
+from agent.telemetry import MqttConfig, Telemetry, open_channel
 
 
 @pytest.fixture
@@ -62,18 +63,32 @@ def subscriber() -> Iterator[SubscriberFactory]:
 
 @pytest.fixture
 def telemetry_factory(tmp_path: Path) -> Iterator[TelemetryFactory]:
-    """make(cfg, **Telemetry keywords) -> a started Telemetry, stopped at teardown."""
+    """make(cfg, **keywords of open_channel and Telemetry) -> a started Telemetry, stopped at
+    teardown."""
     made: list[Telemetry] = []
 
-    def make(cfg: MqttConfig | None, **options: Any) -> Telemetry:
+    def make(
+        cfg: MqttConfig | None,
+        *,
+        state_dir: Path | None = None,
+        password: str | None = None,
+        out: TextIO = sys.stdout,
+        **options: Any,
+    ) -> Telemetry:
         options.setdefault("station_id", STATION)
-        options.setdefault("state_dir", tmp_path / "state")
         options.setdefault("status", fake_status)
         options.setdefault("summary", SUMMARY)
         options.setdefault("commands", {})
         options.setdefault("version", "0.1.0-test")
         options.setdefault("spool_path", tmp_path)
-        telemetry = Telemetry(cfg, **options)
+        channel = open_channel(
+            cfg,
+            station_id=options["station_id"],
+            state_dir=state_dir or tmp_path / "state",
+            password=password,
+            out=out,
+        )
+        telemetry = Telemetry(channel, **options)
         made.append(telemetry)
         telemetry.start()
         return telemetry

@@ -19,7 +19,7 @@ from types import FrameType
 from typing import Any
 
 from agent.core.events import Event
-from agent.telemetry import MqttConfig, Telemetry
+from agent.telemetry import MqttConfig, Telemetry, open_channel
 
 
 def fake_status() -> dict[str, Any]:
@@ -57,16 +57,20 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
     spec = json.loads(sys.argv[1])
     cfg = MqttConfig.model_validate(spec["mqtt"]) if spec.get("mqtt") else None
-    telemetry = Telemetry(
+    channel = open_channel(
         cfg,
         station_id=spec["station_id"],
         state_dir=Path(spec["state_dir"]),
+        password=spec.get("password"),
+        out=sys.stderr,
+    )
+    telemetry = Telemetry(
+        channel,
+        station_id=spec["station_id"],
         status=fake_status,
         summary={"source": "test:", "ladder_top": "360p15 600k", "uplinks": []},
         commands={},
         version="0.1.0-test",
-        password=spec.get("password"),
-        out=sys.stderr,
         heartbeat_s=spec.get("heartbeat_s"),
     )
     stop = threading.Event()

@@ -1,12 +1,14 @@
 """MQTT telemetry: retained status with a last will, heartbeats, never-lost events, commands.
 
-Without an [mqtt] section the same payloads go to stdout as JSON lines. See docs/telemetry.md.
+Without an [mqtt] section the same payloads go to stdout as JSON lines (`open_channel` picks).
+See docs/telemetry.md.
 """
 
+from agent.telemetry.channel import TelemetryChannel
 from agent.telemetry.commands import MAX_COMMAND_PAYLOAD_BYTES, CommandError, CommandHandler
 from agent.telemetry.config import MqttConfig
 from agent.telemetry.payloads import SCHEMA_VERSION, load_schema
-from agent.telemetry.service import Telemetry
+from agent.telemetry.service import Telemetry, open_channel
 
 __all__ = [
     "MAX_COMMAND_PAYLOAD_BYTES",
@@ -15,5 +17,7 @@ __all__ = [
     "CommandHandler",
     "MqttConfig",
     "Telemetry",
+    "TelemetryChannel",
     "load_schema",
+    "open_channel",
 ]

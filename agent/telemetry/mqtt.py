@@ -32,6 +32,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.core.backoff import full_jitter_s
 from agent.telemetry import payloads
+from agent.telemetry.channel import CommandSink
 from agent.telemetry.config import MqttConfig
 from agent.telemetry.outbox import Outbox
 
@@ -43,7 +44,6 @@ EVENT_WINDOW = 10  # events awaiting PUBACK at once: enough to drain a backlog a
 PAHO_MAX_INFLIGHT = 20  # paho's default; above EVENT_WINDOW so status and replies never wait
 FLUSH_POLL_S = 0.05  # how often stop() looks at the outbox while it drains
 
-CommandSink = Callable[[str, bytes, str | None, bytes | None], None]
 _P = ParamSpec("_P")
 
 

@@ -1,24 +1,25 @@
 """Telemetry: status, heartbeats, events and commands, over MQTT or as JSON lines on stdout.
 
-    telemetry = Telemetry(cfg.mqtt, station_id=..., state_dir=..., status=pipeline.status,
-                          summary={...}, commands={"snapshot": ..., ...}, version=__version__,
-                          password=secret, spool_path=cfg.spool.path)
+    channel = open_channel(cfg.mqtt, station_id=..., state_dir=..., password=secret)
+    telemetry = Telemetry(channel, station_id=..., status=pipeline.status, summary={...},
+                          commands={"snapshot": ..., ...}, version=__version__,
+                          spool_path=cfg.spool.path)
     telemetry.start()
     fanout.subscribe(telemetry.emit)    # it is an EventSink
     ...
     telemetry.stop("SIGTERM")
 
-`emit` only writes the event to the on-disk outbox (or the stream) and wakes the worker; it
-never waits for the network. One worker thread sends heartbeats and drains the outbox; one more
-runs commands, so a slow handler never holds up paho's network thread.
+The channel (agent/telemetry/channel.py) carries the payloads: MQTT, or JSON lines on stdout
+without an [mqtt] section. `emit` only hands the event to it (the on-disk outbox, or the
+stream) and wakes the worker; it never waits for the network. One worker thread sends
+heartbeats and drains the outbox; one more runs commands, so a slow handler never holds up
+paho's network thread.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import queue
-import sqlite3
 import sys
 import threading
 import time
@@ -30,16 +31,15 @@ from typing import Any, TextIO
 
 from agent.core.events import Event, utc_now_iso
 from agent.telemetry import payloads
+from agent.telemetry.channel import ChannelHooks, TelemetryChannel
 from agent.telemetry.commands import BUSY, CommandHandler, CommandRouter
 from agent.telemetry.config import MqttConfig
-from agent.telemetry.jsonlines import JsonLinesWriter
-from agent.telemetry.mqtt import MqttLink
-from agent.telemetry.outbox import OUTBOX_FILENAME, Outbox
+from agent.telemetry.jsonlines import JsonLinesChannel
+from agent.telemetry.mqtt_channel import MqttChannel
 from agent.telemetry.system import SystemStats
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HEARTBEAT_S = 10.0  # stdout mode: the same default as MqttConfig.heartbeat_s
 HEARTBEAT_EXPIRY_INTERVALS = 2  # a heartbeat two intervals old is stale: the broker drops it
 # Stop is part of the agent's shutdown, which must fit systemd's stop timeout (90 s default)
 # with room to spare; 3 s drains a normal backlog on any link that works at all.
@@ -57,58 +57,51 @@ class _Request:
     correlation: bytes | None
 
 
+def open_channel(
+    cfg: MqttConfig | None,
+    *,
+    station_id: str,
+    state_dir: Path,
+    password: str | None = None,
+    out: TextIO = sys.stdout,
+) -> TelemetryChannel:
+    """MQTT as `cfg` says (events wait in an outbox under `state_dir`); JSON lines on `out`
+    without an [mqtt] section."""
+    if cfg is None:
+        return JsonLinesChannel(out)
+    return MqttChannel(cfg, station_id=station_id, state_dir=state_dir, password=password)
+
+
 class Telemetry:
     def __init__(
         self,
-        cfg: MqttConfig | None,
+        channel: TelemetryChannel,
         *,
         station_id: str,
-        state_dir: Path,
         status: Callable[[], dict[str, Any]],
         summary: dict[str, Any],
         commands: Mapping[str, CommandHandler],
         version: str,
-        password: str | None = None,
-        out: TextIO = sys.stdout,
         spool_path: Path | None = None,
         heartbeat_s: float | None = None,
     ) -> None:
-        self._cfg = cfg
+        self._channel = channel
         self._station_id = station_id
         self._status = status
         self._summary = summary
         self._version = version
-        self._heartbeat_s = heartbeat_s or (cfg.heartbeat_s if cfg else DEFAULT_HEARTBEAT_S)
+        self._heartbeat_s = heartbeat_s or channel.heartbeat_s
         self._started_utc = utc_now_iso()
         self._started_s = time.monotonic()
         self._system = SystemStats(spool_path)
         self._router = CommandRouter(station_id, {**commands, "ping": self._ping})
         self._heartbeat_seq = 0
-        self._line_seq = itertools.count(1)  # next() is atomic: emit may come from any thread
         self._worker_errors = 0
-        self._events_unsaved = 0
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._requests: queue.Queue[_Request | None] = queue.Queue(COMMAND_QUEUE_MAX)
         self._started = self._stopped = False
-        self._lines: JsonLinesWriter | None = None
-        self._outbox: Outbox | None = None
-        self._link: MqttLink | None = None
-        if cfg is None:
-            self._lines = JsonLinesWriter(out)
-        else:
-            self._outbox = Outbox(state_dir / OUTBOX_FILENAME)
-            self._link = MqttLink(
-                cfg,
-                station_id=station_id,
-                password=password,
-                outbox=self._outbox,
-                will_body=lambda: self._status_offline("connection_lost", clean=False),
-                online_body=self._status_online,
-                on_command=self._on_command,
-                on_activity=self._wake.set,
-            )
 
     # -- public face --------------------------------------------------------------------------
 
@@ -118,11 +111,15 @@ class Telemetry:
         self._started = True
         self._started_utc = utc_now_iso()
         self._started_s = time.monotonic()
-        if self._link is not None:
-            self._link.start()
-            self._spawn(self._run_commands, "telemetry-commands")
-        elif self._lines is not None:
-            self._lines.write(self._status_online())
+        self._channel.start(
+            ChannelHooks(
+                online_body=self._status_online,
+                will_body=lambda: self._status_offline("connection_lost", clean=False),
+                on_command=self._on_command,
+                on_activity=self._wake.set,
+            )
+        )
+        self._spawn(self._run_commands, "telemetry-commands")
         self.emit(
             Event(
                 "agent_started",
@@ -136,17 +133,7 @@ class Telemetry:
     def emit(self, event: Event) -> None:
         """Queues the event (outbox on disk, or one JSON line); never waits on the network."""
         body = payloads.to_json(payloads.event(self._station_id, event, event_id=uuid.uuid4().hex))
-        if self._lines is not None:
-            self._lines.write(payloads.with_seq(body, next(self._line_seq)))
-            return
-        if self._outbox is None:
-            return
-        try:
-            self._outbox.add(body)
-        except sqlite3.Error as exc:  # disk full or broken: the event is lost, say so loudly
-            self._events_unsaved += 1
-            log.error("telemetry outbox cannot store event %s (%s): %s", event.kind, exc, body)
-            return
+        self._channel.add_event(event.kind, body)
         self._wake.set()
 
     def stop(self, reason: str) -> None:
@@ -177,22 +164,12 @@ class Telemetry:
                     thread.name,
                     THREAD_JOIN_TIMEOUT_S,
                 )
-        if self._link is not None:
-            self._link.stop(self._status_offline(reason, clean=True), STOP_FLUSH_TIMEOUT_S)
-        elif self._lines is not None and self._started:
-            self._lines.write(self._status_offline(reason, clean=True))
+        if self._started:
+            self._channel.stop(self._status_offline(reason, clean=True), STOP_FLUSH_TIMEOUT_S)
 
     def connection(self) -> dict[str, Any]:
         """The telemetry section of the heartbeat; also for the local status line."""
-        state: dict[str, Any] = {"mode": "stdout", "connected": True, "last_error": None}
-        if self._link is not None:
-            state = {"mode": "mqtt", **self._link.state()}
-        if self._outbox is not None:
-            state["outbox_pending"] = self._outbox.pending
-            state["outbox_dropped"] = self._outbox.dropped
-        state["events_unsaved"] = self._events_unsaved
-        state["worker_errors"] = self._worker_errors
-        return state
+        return {**self._channel.state(), "worker_errors": self._worker_errors}
 
     # -- payloads -----------------------------------------------------------------------------
 
@@ -254,7 +231,7 @@ class Telemetry:
         while not self._stop.is_set():
             try:
                 now_s = time.monotonic()
-                connects = self._link.connects if self._link is not None else 0
+                connects = self._channel.connects
                 if connects != connects_seen:  # just (re)connected: show the full picture now
                     connects_seen, next_heartbeat_s = connects, now_s
                 if now_s >= next_heartbeat_s:
@@ -262,8 +239,7 @@ class Telemetry:
                     next_heartbeat_s += self._heartbeat_s
                     if next_heartbeat_s <= now_s:  # fell behind (suspend, overload): no burst
                         next_heartbeat_s = now_s + self._heartbeat_s
-                if self._link is not None:
-                    self._link.pump_events()
+                self._channel.deliver()
             except Exception:  # report, pause, carry on: telemetry must outlive its own bugs
                 self._worker_errors += 1
                 log.exception("telemetry worker failed; retrying in %.0f s", WORKER_ERROR_PAUSE_S)
@@ -272,13 +248,10 @@ class Telemetry:
             self._wake.clear()
 
     def _send_heartbeat(self) -> None:
-        if self._link is not None:
-            if not self._link.connected:  # nobody to tell: skip the work, keep seq contiguous
-                return
-            expiry_s = max(1, round(HEARTBEAT_EXPIRY_INTERVALS * self._heartbeat_s))
-            self._link.publish_heartbeat(self._heartbeat(), expiry_s)
-        elif self._lines is not None:
-            self._lines.write(self._heartbeat())
+        if not self._channel.connected:  # nobody to tell: skip the work, keep seq contiguous
+            return
+        expiry_s = max(1, round(HEARTBEAT_EXPIRY_INTERVALS * self._heartbeat_s))
+        self._channel.publish_heartbeat(self._heartbeat(), expiry_s)
 
     # -- commands -----------------------------------------------------------------------------
 
@@ -320,11 +293,9 @@ class Telemetry:
         if request.response_topic is None:
             log.warning("command %r came without a response topic: no reply sent", request.name)
             return
-        if self._link is None:
-            return
         if isinstance(reply, bytes):
             content_type = "image/jpeg" if reply[:2] == b"\xff\xd8" else "application/octet-stream"
             body = reply
         else:
             content_type, body = "application/json", payloads.to_json(reply).encode("utf-8")
-        self._link.publish_reply(request.response_topic, request.correlation, body, content_type)
+        self._channel.reply(request.response_topic, request.correlation, body, content_type)
