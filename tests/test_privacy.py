@@ -18,7 +18,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from agent.tools import mask_cli
 from agent.capture.privacy import (
     SOLID_FILL_LEVEL,
     MaskRegion,
@@ -28,6 +27,7 @@ from agent.capture.privacy import (
     pixelate_block_px,
 )
 from agent.core.config import ConfigError
+from agent.tools import mask_cli
 
 CAPTURE_W, CAPTURE_H = 640, 360
 RUNGS = [(640, 360), (480, 270), (320, 180)]  # capture size and two smaller rungs
@@ -419,6 +419,53 @@ def test_cli_without_write_leaves_the_file(station: tuple[Path, Path], tmp_path:
     assert rc == 0
     assert config.read_text(encoding="utf-8") == CONFIG
     assert (tmp_path / "p.png").is_file()
+
+
+TECHNICIAN_CONFIG = """station_id = "AZ-0001"
+[capture]
+source = "test:"
+
+[privacy]  # agreed with the presiding officer on 2026-11-20
+fill = "pixelate"  # the officer asked for pixelate, not solid
+masks = [
+    # booth 1, by the window
+    { rect = [0.05, 0.15, 0.35, 0.75] },
+]
+
+# encoder settings
+[encode]
+preset = "veryfast"  # the box is slow
+"""
+
+
+def test_cli_write_keeps_the_technicians_comments(tmp_path: Path) -> None:
+    config, image = tmp_path / "config.toml", tmp_path / "snap.png"
+    config.write_text(TECHNICIAN_CONFIG, encoding="utf-8")
+    assert cv2.imwrite(str(image), checkerboard(160, 90))
+    rc = run_cli(
+        "--config", str(config), "--image", str(image), "--add-rect", "0.6,0.1,0.9,0.5",
+        "--fill", "solid", "--confirm-large-masks", "--write", "--preview", str(tmp_path / "p.png"),
+    )  # fmt: skip
+    assert rc == 0
+    text = config.read_text(encoding="utf-8")
+    for line in TECHNICIAN_CONFIG.splitlines():
+        if "#" in line:
+            assert line in text.splitlines(), line  # every comment, on its own line as written
+    assert text.index("# booth 1, by the window") < text.index("0.05, 0.15, 0.35, 0.75")
+    assert "# encoder settings\n[encode]" in text
+    data = tomllib.loads(text)
+    assert data["privacy"] == {
+        "fill": "pixelate",
+        "confirm_large_masks": True,
+        "masks": [
+            {"rect": [0.05, 0.15, 0.35, 0.75]},
+            {"rect": [0.6, 0.1, 0.9, 0.5], "fill": "solid"},
+        ],
+    }
+    untouched = tomllib.loads(TECHNICIAN_CONFIG)
+    assert {k: v for k, v in data.items() if k != "privacy"} == {
+        k: v for k, v in untouched.items() if k != "privacy"
+    }
 
 
 @pytest.mark.parametrize(

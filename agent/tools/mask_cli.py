@@ -5,13 +5,13 @@
 
 Takes a snapshot (from --image, or from the configured camera), draws the masks on it as the
 stream will show them (filled, with a numbered outline) and saves the preview; with --write,
-replaces the `[privacy]` section of the config file and leaves the rest of the file as it was.
+writes the masks into the `[privacy]` section of the config file and leaves the rest of the file
+(comments too) as it was.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import tomllib
 from pathlib import Path
@@ -19,7 +19,10 @@ from typing import Any
 
 import cv2
 import numpy as np
+import tomlkit
 from pydantic import ValidationError
+from tomlkit import TOMLDocument
+from tomlkit.items import Array, InlineTable, Item, Table
 
 from agent.capture.config import CaptureConfig
 from agent.capture.privacy import (
@@ -205,7 +208,7 @@ def describe(privacy: PrivacyConfig, image: np.ndarray, preview: Path) -> None:
     h, w = image.shape[:2]
     print(f"snapshot {w}x{h}, {len(privacy.masks)} mask(s):")
     for k, region in enumerate(privacy.masks):
-        print(f"  {k}: {_mask_toml(region)}  -> {privacy.fill_of(region)}")
+        print(f"  {k}: {mask_item(region).as_string()}  -> {privacy.fill_of(region)}")
     share = coverage_share(privacy)
     print(f"masked share of the frame: {share:.1%}")
     if share > MAX_COVERAGE_SHARE:
@@ -216,125 +219,131 @@ def describe(privacy: PrivacyConfig, image: np.ndarray, preview: Path) -> None:
 # -- the config file ---------------------------------------------------------------------------
 
 
-def format_section(privacy: PrivacyConfig) -> str:
-    lines = [
-        "[privacy]",
-        "# Privacy masks, set with `station-agent mask`. Coordinates are fractions of the frame:",
-        "# x from the left edge, y from the top edge, both 0..1.",
-        f'fill = "{privacy.fill}"',
-        f"confirm_large_masks = {'true' if privacy.confirm_large_masks else 'false'}",
-    ]
-    if not privacy.masks:
-        return "\n".join([*lines, "masks = []", ""])
-    lines.append("masks = [")
-    lines += [f"    {_mask_toml(region)}," for region in privacy.masks]
-    return "\n".join([*lines, "]", ""])
+SECTION_KEYS = ("fill", "confirm_large_masks", "masks")  # what `mask` writes, in this order
+SECTION_COMMENT = (
+    "Privacy masks, set with `station-agent mask`. Coordinates are fractions of the frame:",
+    "x from the left edge, y from the top edge, both 0..1.",
+)
 
 
-def _mask_toml(region: MaskRegion) -> str:
-    if region.rect is not None:
-        shape = f"rect = [{', '.join(repr(float(v)) for v in region.rect)}]"
-    else:
-        points = ", ".join(f"[{float(x)!r}, {float(y)!r}]" for x, y in region.polygon or ())
-        shape = f"polygon = [{points}]"
-    fill = f', fill = "{region.fill}"' if region.fill else ""
-    return f"{{ {shape}{fill} }}"
+def mask_value(region: MaskRegion) -> dict[str, Any]:
+    """One mask as plain TOML data, as `MaskRegion` reads it back."""
+    value: dict[str, Any] = (
+        {"rect": [float(v) for v in region.rect]}
+        if region.rect is not None
+        else {"polygon": [[float(x), float(y)] for x, y in region.polygon or ()]}
+    )
+    if region.fill:
+        value["fill"] = region.fill
+    return value
 
 
-_HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_\-\"'. ]+?)\s*\]\]?\s*(?:#.*)?$")
+def mask_item(region: MaskRegion) -> InlineTable:
+    """`{ rect = [x0, y0, x1, y1], fill = "..." }`: one line of the masks list."""
+    item = tomlkit.inline_table()
+    item.add(tomlkit.ws(" "))
+    for key, value in mask_value(region).items():
+        item.add(key, value)
+    item.add(tomlkit.ws(" "))
+    return item
 
 
-def replace_section(text: str, privacy: PrivacyConfig) -> str:
-    """`text` with every privacy table replaced by one freshly written [privacy] section.
-
-    The new section takes the place of the first privacy table (or goes at the end); comments
-    and blank lines just before the next table stay with that table.
-    """
-    lines = text.splitlines(keepends=True)
-    keep: list[str] = []
-    insert_at: int | None = None
-    in_privacy = False
-    pending: list[str] = []  # blank/comment lines that may belong to the next table
-    for line, is_header, name in _scan(lines):
-        if is_header:
-            in_privacy = name.split(".")[0] == "privacy"
-            if in_privacy:
-                pending.clear()
-                insert_at = len(keep) if insert_at is None else insert_at
-                continue
-            keep += pending
-            pending.clear()
-        if not in_privacy:
-            keep.append(line)
-        elif not line.strip() or line.lstrip().startswith("#"):
-            pending.append(line)
-        else:
-            pending.clear()
-    keep += pending
-    section = format_section(privacy)
-    if insert_at is None:
-        body = "".join(keep)
-        return body + ("\n" if body and not body.endswith("\n") else "") + "\n" + section
-    return "".join(keep[:insert_at]) + section + "\n" + "".join(keep[insert_at:])
+def masks_array(privacy: PrivacyConfig) -> Array:
+    masks = tomlkit.array()
+    for region in privacy.masks:
+        masks.append(mask_item(region))
+    return masks.multiline(bool(privacy.masks))
 
 
-def _scan(lines: list[str]) -> list[tuple[str, bool, str]]:
-    """(line, is a table header, normalised table name) with multi-line strings and arrays
-    skipped. A small scanner, not a TOML parser: `write_config` re-parses the result."""
-    out: list[tuple[str, bool, str]] = []
-    depth, string = 0, ""
-    for line in lines:
-        match = _HEADER.match(line) if depth == 0 and not string else None
-        name = ""
-        if match:
-            name = ".".join(part.strip().strip("\"'") for part in match.group(1).split("."))
-        out.append((line, match is not None, name))
-        if match:
-            continue
-        i = 0
-        while i < len(line):
-            if string:
-                if line.startswith(string, i) and (
-                    string == "'" * len(string) or line[i - 1] != "\\"
-                ):
-                    i += len(string) - 1
-                    string = ""
-            elif line[i] == "#":
-                break
-            elif line.startswith(('"""', "'''"), i):
-                string = line[i : i + 3]
-                i += 2
-            elif line[i] in "\"'":
-                string = line[i]
-            elif line[i] == "[":
-                depth += 1
-            elif line[i] == "]":
-                depth = max(0, depth - 1)
-            i += 1
-        if string in ('"', "'"):
-            string = ""  # single-line strings end with their line
-    return out
+def privacy_table(privacy: PrivacyConfig) -> Table:
+    """A new [privacy] section, with a comment saying how to read it."""
+    table = tomlkit.table()
+    for line in SECTION_COMMENT:
+        table.add(tomlkit.comment(line))
+    for key in SECTION_KEYS:
+        table.add(key, _new_item(privacy, key))
+    return table
+
+
+def set_privacy(doc: TOMLDocument, privacy: PrivacyConfig) -> None:
+    """Write `privacy` into the [privacy] table of `doc`, leaving everything else as the
+    technician wrote it: the rest of the file, comments in the section, and values that stay
+    the same. Masks added after the existing ones are appended to the list (its comments
+    stay); keys the section lacks go after its last key. Raises ValueError for a [privacy]
+    that is not one plain table."""
+    old = doc.get("privacy")
+    if old is None:
+        doc.add("privacy", privacy_table(privacy))
+        return
+    if not isinstance(old, Table) or old.is_super_table():
+        raise ValueError("[privacy] is not one plain table")
+    missing = [key for key in SECTION_KEYS if key not in old]
+    body = old.value.body
+    last_key = max((i for i, (key, _) in enumerate(body) if key is not None), default=-1)
+    updated = tomlkit.table()
+
+    def add_missing() -> None:
+        for name in missing:
+            updated.add(name, _new_item(privacy, name))
+
+    if last_key < 0:
+        add_missing()
+    for i, (key, item) in enumerate(body):
+        if key is not None and key.key in SECTION_KEYS:
+            item = _updated(item, key.key, privacy)
+        updated.raw_append(key, item)
+        if i == last_key:
+            add_missing()
+    # Ending on (empty) whitespace stops tomlkit adding a blank line of its own before the
+    # next table, which would separate that table from the comment just above its header.
+    updated.add(tomlkit.ws(""))
+    doc["privacy"] = updated  # replaced in place: same position, same header line
+
+
+def _new_item(privacy: PrivacyConfig, key: str) -> Item:
+    return masks_array(privacy) if key == "masks" else tomlkit.item(getattr(privacy, key))
+
+
+def _updated(item: Item, key: str, privacy: PrivacyConfig) -> Item:
+    """The item for `key`: the same one if its value stays, the old list with the new masks
+    appended if masks were only added, else a new value keeping the line's comment."""
+    plain = [mask_value(r) for r in privacy.masks] if key == "masks" else getattr(privacy, key)
+    if item.unwrap() == plain:
+        return item
+    if key == "masks" and isinstance(item, Array) and 0 < len(item) < len(plain):
+        if item.unwrap() == plain[: len(item)]:  # masks only added: keep the list's comments
+            for region in privacy.masks[len(item) :]:
+                item.append(mask_item(region))
+            if "\n" not in item.as_string():
+                item.multiline(True)  # a one-line list grew: one mask a line, as we write it
+            return item
+    new = _new_item(privacy, key)
+    new.trivia.indent = item.trivia.indent
+    new.trivia.comment_ws = item.trivia.comment_ws
+    new.trivia.comment = item.trivia.comment
+    new.trivia.trail = item.trivia.trail
+    return new
 
 
 def write_config(path: Path, text: str, privacy: PrivacyConfig) -> None:
-    """Replace the [privacy] section, check the result re-reads identically, write atomically."""
-    new_text = replace_section(text, privacy)
+    """Write `privacy` into the config file, check the result re-reads identically apart from
+    [privacy], and replace the file atomically."""
+    unsafe = f"{path}: could not update [privacy] safely"
     try:
+        doc = tomlkit.parse(text)
+        set_privacy(doc, privacy)
+        new_text = doc.as_string()
         before, after = tomllib.loads(text), tomllib.loads(new_text)
         reread = PrivacyConfig.model_validate(after.get("privacy", {}))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(
-            f"{path}: could not update [privacy] safely ({exc}); edit it by hand"
-        ) from None
     except ValidationError as exc:
         what = describe_validation_error(exc)
-        raise ConfigError(
-            f"{path}: could not update [privacy] safely ({what}); edit it by hand"
-        ) from None
+        raise ConfigError(f"{unsafe} ({what}); edit it by hand") from None
+    except ValueError as exc:  # tomlkit's and tomllib's parse errors, a [privacy] we cannot edit
+        raise ConfigError(f"{unsafe} ({exc}); edit it by hand") from None
     before.pop("privacy", None)
     after.pop("privacy", None)
     if before != after or reread != privacy:
-        raise ConfigError(f"{path}: could not update [privacy] safely; edit it by hand")
+        raise ConfigError(f"{unsafe}; edit it by hand")
     try:
         rewrite_atomic(path, new_text.encode("utf-8"))  # keeps the file's mode and owner
     except OSError as exc:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import tomlkit
 from pydantic import SecretStr, ValidationError
 
 from agent.capture.privacy import PrivacyConfig
@@ -28,7 +29,7 @@ from agent.core.config import ConfigError, describe_validation_error, read_secre
 from agent.core.durable import write_atomic
 from agent.health.camera import encode_reference
 from agent.service.config import DEFAULT_CONFIG_PATH, AgentConfig
-from agent.tools.mask_cli import format_section
+from agent.tools.mask_cli import privacy_table
 
 CONFIG_NAME = DEFAULT_CONFIG_PATH.name
 UPLOAD_TOKEN_NAME = "upload-token"  # noqa: S105 - a file name, not a secret
@@ -130,36 +131,31 @@ def validate(values: StationValues, install_dir: Path, name_of: Callable[[str], 
 
 def config_text(values: StationValues, data: dict[str, Any], privacy: PrivacyConfig | None) -> str:
     """The config file: a header, then the keys in the order of the example config."""
+    _refuse_control_characters(data)
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [
-        f"# station-agent configuration for {values.station_id}, written by",
-        f"# `station-agent provision` on {stamp}. Check it with `sudo station-agent check`;",
-        "# every key is explained in /etc/station-agent/config.example.toml.",
-        "",
-        f"station_id = {_toml(data['station_id'])}",
-    ]
-    for section in ("capture", "spool", "uplink.http", "mqtt", "health"):
-        table = data
-        for part in section.split("."):
-            table = table.get(part, {})
-        if table:
-            lines += ["", f"[{section}]"] + [f"{k} = {_toml(v)}" for k, v in table.items()]
-    text = "\n".join(lines) + "\n"
+    doc = tomlkit.document()
+    doc.add(tomlkit.comment(f"station-agent configuration for {values.station_id}, written by"))
+    doc.add(
+        tomlkit.comment(
+            f"`station-agent provision` on {stamp}. Check it with `sudo station-agent check`;"
+        )
+    )
+    doc.add(tomlkit.comment("every key is explained in /etc/station-agent/config.example.toml."))
+    doc.add(tomlkit.nl())
+    for key, value in data.items():  # config_data's order: the example config's
+        doc.add(key, value)
     if privacy is not None and privacy.masks:
-        text += "\n" + format_section(privacy)
-    return text
+        doc.add("privacy", privacy_table(privacy))
+    return tomlkit.dumps(doc)
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    text = str(value)
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
-    if any(ord(c) < 32 for c in escaped):
-        raise ProvisionError(f"{text!r}: control characters are not allowed")
-    return f'"{escaped}"'
+def _refuse_control_characters(value: Any) -> None:
+    """A tab or line break pasted into a value is a typo: refuse it rather than escape it."""
+    if isinstance(value, dict):
+        for item in value.values():
+            _refuse_control_characters(item)
+    elif isinstance(value, str) and any(ord(c) < 32 for c in value):
+        raise ProvisionError(f"{value!r}: control characters are not allowed")
 
 
 def existing_privacy(config_path: Path) -> PrivacyConfig | None:
