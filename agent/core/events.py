@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
+log = logging.getLogger(__name__)
+
 Severity = Literal["debug", "info", "warning", "error", "critical"]
 
 
@@ -52,7 +54,18 @@ class EventFanout:
             try:
                 callback(event)
             except Exception:  # one broken subscriber must not hide the event from the rest
-                logging.getLogger(__name__).exception("event subscriber failed on %s", event.kind)
+                log.exception("event subscriber failed on %s", event.kind)
+
+
+class DiscardSink:
+    """Drops every event, with a debug log line: for a part run where nobody listens (a spool
+    opened read-only, the technician's one-off picture check). `context` names that use."""
+
+    def __init__(self, context: str) -> None:
+        self._context = context
+
+    def emit(self, event: Event) -> None:
+        log.debug("%s: event dropped: %s (%s)", self._context, event.kind, event.message)
 
 
 class RecordingSink:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from agent.adapt.ladder import Rung
 from agent.core.durable import fsync_directory, write_atomic
-from agent.core.events import Event, EventSink, utc_now_iso
+from agent.core.events import DiscardSink, Event, EventSink, utc_now_iso
 from agent.encode.segmenter import EncodedSegment
 from agent.spool.eviction import StoredSegment, choose_evictions
 
@@ -164,7 +164,9 @@ class Spool:
     @classmethod
     def open_read_only(cls, path: Path) -> Spool:
         """For `spool ls/verify` while the agent may be running: no recovery, no writes."""
-        spool = cls(path, uplinks=(), max_bytes=2**62, min_free_bytes=0, sink=_NullSink())
+        spool = cls(
+            path, uplinks=(), max_bytes=2**62, min_free_bytes=0, sink=DiscardSink("read-only spool")
+        )
         index = path / INDEX_FILE
         if not index.is_file():
             raise SpoolError(f"{path} is not a spool (no {INDEX_FILE} in it)")
@@ -458,8 +460,3 @@ class Spool:
             "last_seq": last,
             "disk_free_bytes": self._disk_free(self.path),
         }
-
-
-class _NullSink:
-    def emit(self, event: Event) -> None:
-        log.debug("read-only spool event dropped: %s", event.kind)

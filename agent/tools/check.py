@@ -31,7 +31,7 @@ from agent.adapt.ladder import Rung, build_ladder, rung_label
 from agent.capture.privacy import PrivacyMasker, coverage_share
 from agent.capture.sources import SourceError, TestPatternSource, open_source, redact_url
 from agent.core.config import ConfigError, Secrets
-from agent.core.events import Event
+from agent.core.events import DiscardSink
 from agent.encode.encoder import PTS_HZ, EncoderError, open_video_encoder
 from agent.health.camera import CameraHealth, read_reference
 from agent.service.config import AgentConfig, load_config, load_secrets
@@ -238,11 +238,6 @@ def check_camera(cfg: AgentConfig, system: System) -> tuple[CheckResult, CameraS
 # --- picture -------------------------------------------------------------------------------
 
 
-class _Discard:
-    def emit(self, event: Event) -> None:
-        log.debug("picture check: %s", event.message)
-
-
 def default_snapshot_dir(cfg: AgentConfig) -> Path:
     parent = cfg.spool.path.parent
     if parent.is_dir() and os.access(parent, os.W_OK):
@@ -269,7 +264,7 @@ def check_picture(
         except OSError as exc:
             ref_problem = str(exc)
     health_cfg = cfg.health.model_copy(update={"enabled": True})
-    health = CameraHealth(health_cfg, _Discard(), reference=reference)
+    health = CameraHealth(health_cfg, DiscardSink("picture check"), reference=reference)
     health.set_ignore_mask(masker.mask_for(sample.width, sample.height))
     step_s = 1.0 / health_cfg.analysis_hz
     measured: list[dict[str, float | None]] = []
