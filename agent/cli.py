@@ -15,7 +15,7 @@ from types import FrameType
 from typing import Any
 
 from agent import __version__
-from agent.adapt.ladder import format_bps
+from agent.adapt.ladder import format_bps, picture_label
 from agent.core.config import ConfigError
 from agent.core.events import EventFanout
 from agent.service.config import (
@@ -198,8 +198,9 @@ def describe(status: dict[str, Any]) -> str:
     """One line for people: fps, bitrate, segments, spool size."""
     capture, encode, spool = status["capture"], status["encode"], status["spool"]
     rung = encode["rung"]
+    picture = picture_label(rung["height"], rung["fps"])
     return (
-        f"{rung['height']}p{rung['fps']} {capture['state']} in {capture['fps_in']:.1f} fps | "
+        f"{picture} {capture['state']} in {capture['fps_in']:.1f} fps | "
         f"{format_bps(float(encode['bitrate_bps_actual']))}bit/s ({encode['encoder']}) | "
         f"segments {spool['segments']} on disk, {int(spool['bytes']) / 1e6:.1f} MB, "
         f"lost {spool['lost_segments']}" + _describe_uplink(status.get("uplink"))

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.adapt.controller import ControlInputs, RungController, pixel_rate
-from agent.adapt.ladder import AdaptConfig, Rung, build_ladder, rung_label
+from agent.adapt.ladder import AdaptConfig, Rung, build_ladder
 from agent.adapt.throughput import ThroughputEstimator
 
 SEGMENT_S = 2.0
@@ -73,7 +73,7 @@ def picture_index(rung: Rung) -> int:
 
 
 def switches(rungs: list[Rung]) -> int:
-    labels = [(rung_label(r), r.width) for r in rungs]
+    labels = [(r.label, r.width) for r in rungs]
     return sum(1 for a, b in zip(labels, labels[1:], strict=False) if a != b)
 
 
@@ -120,7 +120,7 @@ def test_link_trace_step_down_then_up() -> None:
 def test_outage_goes_to_the_offline_rung_and_recovers() -> None:
     trace = run_link(lambda t: 0.0 if 60 <= t < 180 else 3_000_000.0, 300)
     during = [r for t, _, r in trace if 70 <= t < 180]
-    assert during and all(rung_label(r) == CFG.offline_rung for r in during)
+    assert during and all(r.label == CFG.offline_rung for r in during)
     assert max(r.bitrate_bps for t, _, r in trace if t >= 260) >= 1_400_000
 
 
@@ -191,7 +191,7 @@ def test_cpu_overload_lowers_the_picture_until_load_is_low_for_long() -> None:
 def test_pin_and_auto() -> None:
     ctl = RungController(LADDER, CFG)
     pinned = ctl.pin("720p30")
-    assert rung_label(pinned) == "720p30"
+    assert pinned.label == "720p30"
     assert ctl.decide(1.0, ControlInputs(100_000.0, offline=True, encode_load=5.0)) == pinned
     assert "pinned" in ctl.reason
     ctl.auto()

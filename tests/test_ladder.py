@@ -11,14 +11,13 @@ from agent.adapt.ladder import (
     AdaptConfig,
     Rung,
     build_ladder,
-    rung_label,
 )
 
 
 @pytest.mark.parametrize("ladder", [LADDER_16_9, LADDER_4_3])
 def test_default_ladders_span_240p10_to_1080p30_ascending(ladder: tuple[Rung, ...]) -> None:
-    assert rung_label(ladder[0]) == "240p10" and ladder[0].bitrate_bps <= 150_000
-    assert rung_label(ladder[-1]) == "1080p30" and ladder[-1].bitrate_bps <= 5_000_000
+    assert ladder[0].label == "240p10" and ladder[0].bitrate_bps <= 150_000
+    assert ladder[-1].label == "1080p30" and ladder[-1].bitrate_bps <= 5_000_000
     rates = [r.bitrate_bps for r in ladder]
     assert rates == sorted(set(rates))
 
@@ -44,8 +43,8 @@ def test_tiny_camera_gets_one_rung_of_its_own_size() -> None:
 def test_min_and_max_rung_cut_the_ladder() -> None:
     cfg = AdaptConfig(min_rung="360p15", max_rung="720p30")
     ladder = build_ladder(cfg, 1920, 1080, 30)
-    assert rung_label(ladder[0]) == "360p15"
-    assert rung_label(ladder[-1]) == "720p30"
+    assert ladder[0].label == "360p15"
+    assert ladder[-1].label == "720p30"
 
 
 def test_explicit_ladder_is_sorted_and_fitted() -> None:

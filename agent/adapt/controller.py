@@ -38,7 +38,6 @@ from agent.adapt.ladder import (
     Rung,
     format_bps,
     highest_at_or_below,
-    rung_label,
 )
 from agent.adapt.throughput import ThroughputEstimator
 
@@ -313,7 +312,7 @@ class RungController:
 
     def _finish(self, rung: Rung, reason: str) -> Rung:
         self._current = rung
-        self._reason = f"{reason} -> {rung_label(rung)} {format_bps(rung.bitrate_bps)}"
+        self._reason = f"{reason} -> {rung.name}"
         return rung
 
 

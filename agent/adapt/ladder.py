@@ -1,7 +1,7 @@
 """Rungs: what the encoder produces (size, frame rate, bitrate), the ladder and `[adapt]` config.
 
 A ladder is a list of rungs ascending by bitrate (index 0 is the lowest). `build_ladder` fits the
-configured or default ladder to the camera; `RungController` (agent/uplink/controller.py) moves
+configured or default ladder to the camera; `RungController` (agent/adapt/controller.py) moves
 along it.
 """
 
@@ -15,6 +15,23 @@ from dataclasses import dataclass
 from pydantic import Field, field_validator, model_validator
 
 from agent.core.config import Section
+
+# Rung labels: height "p" fps, e.g. "720p30". Written by `picture_label` and read by
+# `parse_label` only; every label in the config, the commands and the messages goes through them.
+LABEL_PATTERN = r"^([0-9]{2,4})p([0-9]{1,2})$"
+
+
+def picture_label(height: int, fps: int) -> str:
+    """(720, 30) -> '720p30'."""
+    return f"{height}p{fps}"
+
+
+def parse_label(label: str) -> tuple[int, int]:
+    """'720p30' -> (720, 30)."""
+    match = re.fullmatch(LABEL_PATTERN, label.strip())
+    if not match:
+        raise ValueError(f"{label!r} is not a rung label; write e.g. '720p30' (height p fps)")
+    return int(match.group(1)), int(match.group(2))
 
 
 @dataclass(frozen=True)
@@ -35,9 +52,14 @@ class Rung:
             raise ValueError(f"rung bitrate {self.bitrate_bps} bit/s is below 32 kbit/s")
 
     @property
+    def label(self) -> str:
+        """'720p30': the picture, as the `[adapt]` keys and the `set_rung` command name it."""
+        return picture_label(self.height, self.fps)
+
+    @property
     def name(self) -> str:
-        """Short label for people: '720p30 1.5M'."""
-        return f"{self.height}p{self.fps} {format_bps(self.bitrate_bps)}"
+        """'720p30 1.5M': the picture and the bitrate, for people."""
+        return f"{self.label} {format_bps(self.bitrate_bps)}"
 
     def same_picture(self, other: Rung) -> bool:
         """True when only the bitrate differs (no new encoder context needed)."""
@@ -90,21 +112,6 @@ LADDER_4_3: tuple[Rung, ...] = (
 )
 ASPECT_4_3 = 4 / 3
 ASPECT_16_9 = 16 / 9
-
-LABEL_PATTERN = r"^([0-9]{2,4})p([0-9]{1,2})$"
-
-
-def rung_label(rung: Rung) -> str:
-    """'720p30': the picture part of a rung, as used in the `[adapt]` config keys."""
-    return f"{rung.height}p{rung.fps}"
-
-
-def parse_label(label: str) -> tuple[int, int]:
-    """'720p30' -> (720, 30)."""
-    match = re.fullmatch(LABEL_PATTERN, label.strip())
-    if not match:
-        raise ValueError(f"{label!r} is not a rung label; write e.g. '720p30' (height p fps)")
-    return int(match.group(1)), int(match.group(2))
 
 
 def highest_at_or_below(ladder: Sequence[Rung], label: str) -> int:

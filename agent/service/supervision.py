@@ -106,10 +106,7 @@ class ProgressWatchdog:
 
 def status_line(state: str, rung: Rung, bitrate_bps: float, backlog_segments: int) -> str:
     """The STATUS= text, e.g. "streaming 720p30 1.5 Mbit/s, backlog 0"."""
-    return (
-        f"{state} {rung.height}p{rung.fps} {bitrate_bps / 1e6:.1f} Mbit/s, "
-        f"backlog {backlog_segments}"
-    )
+    return f"{state} {rung.label} {bitrate_bps / 1e6:.1f} Mbit/s, backlog {backlog_segments}"
 
 
 class Notifier(Protocol):

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
-from agent.adapt.ladder import Rung, build_ladder, rung_label
+from agent.adapt.ladder import Rung, build_ladder
 from agent.capture.privacy import PrivacyMasker, coverage_share
 from agent.capture.sources import SourceError, TestPatternSource, open_source, redact_url
 from agent.core.config import ConfigError, Secrets
@@ -405,7 +405,7 @@ def check_encoder(cfg: AgentConfig, sample: CameraSample | None, system: System)
     detail = f"top rung {rung.name} ({cfg.encode.encoder}, {cfg.encode.preset}): "
     detail += f"{speed:.1f}x real time on {what}"
     lower = ladder[-2] if len(ladder) > 1 else None
-    step_down = f'set [adapt] max_rung = "{rung_label(lower)}"' if lower else "lower [capture]"
+    step_down = f'set [adapt] max_rung = "{lower.label}"' if lower else "lower [capture]"
     if speed < ENCODE_FAIL_SPEED:
         fix = (
             f"This box cannot encode {rung.name} in real time: {step_down}, or set [encode] "

@@ -19,7 +19,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.adapt.ladder import build_ladder, format_bps, rung_label
+from agent.adapt.ladder import build_ladder, format_bps
 from agent.core.config import Secrets
 from agent.service.config import AgentConfig
 from agent.telemetry.mqtt import describe_connect_error
@@ -167,7 +167,7 @@ def judge_throughput(cfg: AgentConfig, bps: float, sent_bytes: int) -> CheckResu
     if rung != ladder[-1]:
         top = top_rung(cfg)
         fix = (
-            f"Live video will be {rung_label(rung)} instead of {rung_label(top)}: fine for the "
+            f"Live video will be {rung.label} instead of {top.label}: fine for the "
             "vote; for full quality use a faster link (cable instead of Wi-Fi/4G)."
         )
         return CheckResult("throughput", "WARN", detail, fix, data)
