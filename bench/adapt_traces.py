@@ -23,7 +23,7 @@ Figures:
   lost      segments evicted unsent by the spool quota
   left s    seconds of video still unsent at the end of the trace
 
-Usage: .venv/bin/python bench/adapt_traces.py [--seed N] [--segment-s 2] [--only NAME]
+Usage: .venv/bin/python -m bench.adapt_traces [--seed N] [--segment-s 2] [--only NAME]
 """
 
 from __future__ import annotations

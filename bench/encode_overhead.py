@@ -4,7 +4,7 @@ Same job for both, measured in the same run: decode the same H.264 file in real 
 same text (station id + local time), libx264 with the same preset, bitrate, VBV and GOP, cut
 2-second MPEG-TS segments. CPU time and peak RSS come from the kernel's rusage of each child.
 
-    .venv/bin/python bench/encode_overhead.py [--seconds 20] [--sizes 720p,1080p]
+    .venv/bin/python -m bench.encode_overhead [--seconds 20] [--sizes 720p,1080p]
 
 Targets (issue 2): ratio <= 1.0, agent peak RSS <= 200 MB at 720p30.
 """
@@ -21,9 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-from agentrun import write_toml  # noqa: E402
+from tests.peers.config import write_toml
 
 SIZES = {"720p": (1280, 720, 2_500_000), "1080p": (1920, 1080, 4_500_000)}
 FPS = 30

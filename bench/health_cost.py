@@ -6,28 +6,24 @@
 2. Detection latency per fault kind (simulated time): from the moment the fault is at full
    strength to the `health_raised` event, and from its end to `health_cleared`.
 
-    .venv/bin/python bench/health_cost.py [--seconds 20]
+    .venv/bin/python -m bench.health_cost [--seconds 20]
 
 Footage: a real photograph (skimage.data) with sensor noise, changing light and people walking
-(tests/healthvideo.py). CPU is process time (all threads), so x264's worker threads count.
+(tests/peers/video.py). CPU is process time (all threads), so x264's worker threads count.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import av
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from healthvideo import CONDITION_OF, FAULT_KINDS, RAMP_S, Fault, SceneVideo, TimedSink  # noqa: E402
-
-from agent.health.camera import CameraHealth  # noqa: E402
-from agent.health.config import HealthConfig  # noqa: E402
+from agent.health.camera import CameraHealth
+from agent.health.config import HealthConfig
+from tests.peers.video import CONDITION_OF, FAULT_KINDS, RAMP_S, Fault, SceneVideo, TimedSink
 
 WIDTH, HEIGHT, FPS = 1280, 720, 30
 DISTINCT_FRAMES = 60  # frames generated and cycled (memory); each call gets a distinct object

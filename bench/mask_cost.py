@@ -6,7 +6,7 @@ Masks: a typical station with 2-3 booths (a quarter of the frame), solid, pixela
 Figures are wall-clock and process CPU time per frame; CPU is the fairer comparison since
 libx264 runs on several threads while apply() runs on one.
 
-    .venv/bin/python bench/mask_cost.py [--frames 120] [--repeats 300]
+    .venv/bin/python -m bench.mask_cost [--frames 120] [--repeats 300]
 """
 
 from __future__ import annotations

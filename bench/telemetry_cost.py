@@ -1,6 +1,6 @@
 """What telemetry costs: CPU at a 1-second heartbeat, and event-to-subscriber latency.
 
-    .venv/bin/python bench/telemetry_cost.py [--seconds 20] [--events 200]
+    .venv/bin/python -m bench.telemetry_cost [--seconds 20] [--events 200]
 
 Against a real mosquitto on loopback (started here, like the tests do):
 1. CPU: process CPU time / wall time, first idle (baseline), then with Telemetry running at
@@ -26,12 +26,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from mqtt_broker import Mosquitto  # noqa: E402 - the tests' launcher
-from telemetry_runner import fake_status  # noqa: E402
-
-from agent.core.events import Event  # noqa: E402
-from agent.telemetry import MqttConfig, Telemetry, open_channel  # noqa: E402
+from agent.core.events import Event
+from agent.telemetry import MqttConfig, Telemetry, open_channel
+from tests.peers.mosquitto import Mosquitto  # the tests' launcher
+from tests.peers.telemetry_runner import fake_status
 
 STATION = "BENCH-0001"
 EVENT_GAP_S = 0.02  # between events: a burst far above any real incident rate

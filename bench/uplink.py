@@ -7,7 +7,7 @@
    backlog, against the ideal time the link's spare capacity allows (capacity minus the live
    stream), measured in the same run. Target >= 0.9.
 
-    .venv/bin/python bench/uplink.py [--latency-s 60] [--outage-s 60] [--link-bps 1500000]
+    .venv/bin/python -m bench.uplink [--latency-s 60] [--outage-s 60] [--link-bps 1500000]
 
 The issue's 10-minute outage is scaled to --outage-s (default 60 s); the ratio does not depend
 on the length, only the wait does.
@@ -22,13 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-from agentrun import Running, agent_config, wait_until  # noqa: E402
-from faultproxy import FaultProxy  # noqa: E402
-from servers import Nginx  # noqa: E402
-
-from agent.service.config import config_from_dict  # noqa: E402
+from agent.service.config import config_from_dict
+from tests.peers.agent import Running, wait_until
+from tests.peers.config import agent_config
+from tests.peers.faultproxy import FaultProxy
+from tests.peers.nginx import Nginx
 
 SEGMENT_S = 2.0
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: a real nginx (WebDAV PUT + RTMP) and a fault-injecting TCP proxy.
+"""All fixtures: real peers (nginx, mosquitto, fault proxies), telemetry, the agent itself.
 
     def test_x(nginx: Nginx) -> None: ...                    # started, stopped at teardown
     def test_y(nginx_factory: NginxFactory) -> None:
@@ -6,33 +6,42 @@
     def test_z(nginx: Nginx, fault_proxy: ProxyFactory) -> None:
         proxy = fault_proxy("127.0.0.1", nginx.http_port)      # started, stopped at teardown
     fault_proxy_process(...)  # same API, in a child process: for PyAV RTMP (holds the GIL)
+    def test_m(mosquitto: Mosquitto, subscriber: SubscriberFactory) -> None:
+        sub = subscriber(mosquitto, "stations/#")
 
-Helpers for test modules live in tests/servers.py (`Nginx`, `ffprobe_json`, `free_port`,
-`port_open`) and tests/faultproxy.py (`FaultProxy`); import them as `from servers import ...`.
+The peers themselves are in tests/peers/ (`from tests.peers.nginx import Nginx`).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 import pytest
-from agentrun import Running
-from faultproxy import FaultProxy, SubprocessFaultProxy
 from hypothesis import settings
-from servers import Nginx, check_installed
 
 from agent.service.config import AgentConfig
+from agent.telemetry import MqttConfig, Telemetry, open_channel
+from tests.peers.agent import AgentFactory, AgentProcess, Running
+from tests.peers.faultproxy import (
+    FaultProxy,
+    ProcessProxyFactory,
+    ProxyFactory,
+    SubprocessFaultProxy,
+)
+from tests.peers.mosquitto import Mosquitto, MosquittoFactory, Subscriber, SubscriberFactory
+from tests.peers.nginx import Nginx, NginxFactory, check_installed
+from tests.peers.telemetry import STATION, SUMMARY, TelemetryFactory
+from tests.peers.telemetry_runner import fake_status
 
 # Shared, noisy 2-core machines: no per-example time limit (tests never assert timings).
 settings.register_profile("station-agent", deadline=None)
 settings.load_profile("station-agent")
 
-NginxFactory = Callable[..., Nginx]
-ProxyFactory = Callable[..., FaultProxy]
-ProcessProxyFactory = Callable[..., SubprocessFaultProxy]
 
-
+# -- nginx and fault proxies ----------------------------------------------------------------
 @pytest.fixture(scope="session")
 def system_peers() -> None:
     """Fails (never skips) when nginx, its RTMP module or ffprobe are not installed."""
@@ -77,22 +86,6 @@ def fault_proxy() -> Iterator[ProxyFactory]:
 
 
 @pytest.fixture
-def run_agent() -> Iterator[Callable[[AgentConfig], Running]]:
-    """Starts a whole agent pipeline in-process; stopped cleanly at teardown."""
-    started: list[Running] = []
-
-    def make(cfg: AgentConfig) -> Running:
-        running = Running(cfg)
-        started.append(running)
-        running.pipeline.start()
-        return running
-
-    yield make
-    for running in started:
-        running.stop()
-
-
-@pytest.fixture
 def fault_proxy_process() -> Iterator[ProcessProxyFactory]:
     """Like fault_proxy, but the proxy runs in a child process: use it for clients that hold
     the GIL while blocked on the network (PyAV RTMP output), which deadlock in-process."""
@@ -107,3 +100,107 @@ def fault_proxy_process() -> Iterator[ProcessProxyFactory]:
     yield make
     for proxy in started:
         proxy.stop()
+
+
+# -- mosquitto ------------------------------------------------------------------------------
+@pytest.fixture
+def mosquitto_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoFactory]:
+    started: list[Mosquitto] = []
+
+    def make(**options: Any) -> Mosquitto:
+        broker = Mosquitto(tmp_path_factory.mktemp("mosquitto"), **options)
+        started.append(broker)
+        broker.start()
+        return broker
+
+    yield make
+    for broker in started:
+        broker.stop()
+
+
+@pytest.fixture
+def mosquitto(mosquitto_factory: MosquittoFactory) -> Mosquitto:
+    return mosquitto_factory()
+
+
+@pytest.fixture
+def subscriber() -> Iterator[SubscriberFactory]:
+    made: list[Subscriber] = []
+
+    def make(broker: Mosquitto, topics: str | list[str], **options: Any) -> Subscriber:
+        sub = Subscriber(broker, topics, **options)
+        made.append(sub)
+        return sub
+
+    yield make
+    for sub in made:
+        sub.close()
+
+
+# -- the agent ------------------------------------------------------------------------------
+@pytest.fixture
+def telemetry_factory(tmp_path: Path) -> Iterator[TelemetryFactory]:
+    """make(cfg, **keywords of open_channel and Telemetry) -> a started Telemetry, stopped at
+    teardown."""
+    made: list[Telemetry] = []
+
+    def make(
+        cfg: MqttConfig | None,
+        *,
+        state_dir: Path | None = None,
+        password: str | None = None,
+        out: TextIO = sys.stdout,
+        **options: Any,
+    ) -> Telemetry:
+        options.setdefault("station_id", STATION)
+        options.setdefault("status", fake_status)
+        options.setdefault("summary", SUMMARY)
+        options.setdefault("commands", {})
+        options.setdefault("version", "0.1.0-test")
+        options.setdefault("spool_path", tmp_path)
+        channel = open_channel(
+            cfg,
+            station_id=options["station_id"],
+            state_dir=state_dir or tmp_path / "state",
+            password=password,
+            out=out,
+        )
+        telemetry = Telemetry(channel, **options)
+        made.append(telemetry)
+        telemetry.start()
+        return telemetry
+
+    yield make
+    for telemetry in made:
+        telemetry.stop("test teardown")
+
+
+@pytest.fixture
+def agent_process(tmp_path: Path) -> Iterator[AgentFactory]:
+    """start(spec) -> a running tests/peers/telemetry_runner.py process; killed at teardown."""
+    made: list[AgentProcess] = []
+
+    def start(spec: dict[str, Any]) -> AgentProcess:
+        agent = AgentProcess.for_telemetry(spec, tmp_path / f"agent-{len(made)}.json")
+        made.append(agent)
+        return agent.start(ready="started")
+
+    yield start
+    for agent in made:
+        agent.close()
+
+
+@pytest.fixture
+def run_agent() -> Iterator[Callable[[AgentConfig], Running]]:
+    """Starts a whole agent pipeline in-process; stopped cleanly at teardown."""
+    started: list[Running] = []
+
+    def make(cfg: AgentConfig) -> Running:
+        running = Running(cfg)
+        started.append(running)
+        running.pipeline.start()
+        return running
+
+    yield make
+    for running in started:
+        running.stop()

@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from agentrun import STATION, Running, agent_config, assert_all_on_server, wait_until
-from faultproxy import FaultProxy
-from servers import Nginx
-
 from agent.service.config import AgentConfig, config_from_dict
+from tests.peers.agent import Running, assert_all_on_server, wait_until
+from tests.peers.config import STATION, agent_config
+from tests.peers.faultproxy import FaultProxy
+from tests.peers.nginx import Nginx
 
 RUNG = {"width": 320, "height": 240, "fps": 15}
 LADDER = [RUNG | {"bitrate_bps": bps} for bps in (250_000, 500_000, 1_200_000, 2_400_000)]

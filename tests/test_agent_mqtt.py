@@ -8,13 +8,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from agentrun import SMALL_RUNG, AgentProcess, agent_config, wait_until, write_toml
-from mqtt_broker import Mosquitto, Received, Subscriber
-from telemetry_helpers import valid
 
 from agent.capture.privacy import SOLID_FILL_LEVEL
-
-pytest_plugins = ["telemetry_fixtures"]
+from tests.peers.agent import AgentProcess, wait_until
+from tests.peers.config import SMALL_RUNG, agent_config, write_toml
+from tests.peers.mosquitto import Mosquitto, Received, Subscriber
+from tests.peers.telemetry import valid
 
 STATION = "TEST-0001"
 PREFIX = f"stations/{STATION}"

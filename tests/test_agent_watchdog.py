@@ -9,9 +9,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from agentrun import AgentProcess, agent_config, wait_until, write_toml
-from faultproxy import FaultProxy
-from servers import Nginx
+
+from tests.peers.agent import AgentProcess, wait_until
+from tests.peers.config import agent_config, write_toml
+from tests.peers.faultproxy import FaultProxy
+from tests.peers.nginx import Nginx
 
 
 class FakeSystemd:

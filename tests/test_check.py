@@ -11,9 +11,6 @@ from typing import Any
 
 import cv2
 import pytest
-from agentrun import STATION, agent_config, write_toml
-from mqtt_broker import Mosquitto, MosquittoFactory
-from servers import Nginx, free_port
 
 from agent.capture.sources import grab_frame
 from agent.health.camera import write_reference
@@ -21,8 +18,10 @@ from agent.service.config import config_from_dict
 from agent.tools import check_cli
 from agent.tools.check import CheckOptions, CheckResult, System, check_service, judge_picture
 from agent.tools.check_net import check_clock, judge_throughput
-
-pytest_plugins = ["telemetry_fixtures"]
+from tests.peers.config import STATION, agent_config, write_toml
+from tests.peers.mosquitto import Mosquitto, MosquittoFactory
+from tests.peers.nginx import Nginx
+from tests.peers.ports import free_port
 
 TOKEN = "upl0ad-t0ken"  # noqa: S105 - a test credential
 MQTT_PASSWORD = "mqtt-s3cret"  # noqa: S105 - a test credential

@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from agentrun import agent_config, write_toml
 
 from agent.cli import main
 from agent.core.config import ConfigError, parse_size
 from agent.service.config import load_config
+from tests.peers.config import agent_config, write_toml
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -127,7 +127,7 @@ def test_secret_files_with_a_bom_work_and_invisible_characters_are_refused(
 def test_mismatched_client_certificate_and_key_is_one_clear_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pki import make_pki
+    from tests.peers.pki import make_pki
 
     one, other = make_pki(tmp_path / "one"), make_pki(tmp_path / "other")
     http = {

@@ -6,10 +6,10 @@ import random
 import time
 from pathlib import Path
 
-from agentrun import AgentProcess, agent_config, spool_seqs, wait_until, write_toml
-
 from agent.spool.store import Spool
 from agent.tools.spool_cli import verify_spool
+from tests.peers.agent import AgentProcess, spool_seqs, wait_until
+from tests.peers.config import agent_config, write_toml
 
 KILLS = 20
 

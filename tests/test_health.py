@@ -15,7 +15,6 @@ import av
 import cv2
 import numpy as np
 import pytest
-from healthvideo import CONDITION_OF, FAULT_KINDS, PHOTOS, RAMP_S, Fault, SceneVideo, TimedSink
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -24,6 +23,15 @@ from agent.capture.privacy import PrivacyConfig, PrivacyMasker
 from agent.health.camera import CONDITIONS, FPS_WINDOW_S, CameraHealth, Debouncer
 from agent.health.config import HealthConfig
 from agent.tools.health_cli import add_parser
+from tests.peers.video import (
+    CONDITION_OF,
+    FAULT_KINDS,
+    PHOTOS,
+    RAMP_S,
+    Fault,
+    SceneVideo,
+    TimedSink,
+)
 
 CFG = HealthConfig()
 SLACK_S = 2.0  # the acceptance criterion: detected within debounce + 2 s

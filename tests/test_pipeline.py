@@ -13,8 +13,6 @@ from typing import Any
 import av
 import numpy as np
 import pytest
-from agentrun import SMALL_RUNG, agent_config, wait_until
-from servers import ffprobe_json
 
 import agent.encode.loop as loop_module
 from agent.adapt.ladder import Rung
@@ -27,6 +25,9 @@ from agent.service.config import AgentConfig, config_from_dict
 from agent.service.pipeline import Pipeline
 from agent.spool.store import Spool
 from agent.tools.spool_cli import verify_spool
+from tests.peers.agent import wait_until
+from tests.peers.config import SMALL_RUNG, agent_config
+from tests.peers.ffprobe import ffprobe_json
 
 FPS = 15
 FRAME_S = 1 / FPS

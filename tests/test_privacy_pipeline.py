@@ -6,7 +6,6 @@ from pathlib import Path
 
 import av
 import numpy as np
-from agentrun import SMALL_RUNG, agent_config, wait_until
 
 from agent.capture.privacy import SOLID_FILL_LEVEL
 from agent.core.config import Secrets
@@ -14,6 +13,8 @@ from agent.core.events import EventFanout
 from agent.service.config import config_from_dict
 from agent.service.pipeline import Pipeline
 from agent.spool.store import Spool
+from tests.peers.agent import wait_until
+from tests.peers.config import SMALL_RUNG, agent_config
 
 MASK = (0.55, 0.35, 0.95, 0.75)  # over the moving disc's path, clear of the overlay
 SMALL = {"width": 160, "height": 120, "fps": 10, "bitrate_bps": 150_000}

@@ -11,15 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from agentrun import STATION
-from mqtt_broker import MosquittoFactory
-from servers import Nginx
 
 from agent.health.camera import read_reference
 from agent.service.config import load_config, load_secrets
 from agent.tools import provision_cli
-
-pytest_plugins = ["telemetry_fixtures"]
+from tests.peers.config import STATION
+from tests.peers.mosquitto import MosquittoFactory
+from tests.peers.nginx import Nginx
 
 TOKEN = "t0ken-that-must-not-leak"  # noqa: S105 - a test credential
 MQTT_PASSWORD = "passw0rd-that-must-not-leak"  # noqa: S105 - a test credential

@@ -12,10 +12,12 @@ import av
 import httpx
 import numpy as np
 import pytest
-from conftest import NginxFactory, ProcessProxyFactory, ProxyFactory
-from faultproxy import parse_request_head
-from pki import make_pki
-from servers import Nginx, ffprobe_json, port_open
+
+from tests.peers.faultproxy import ProcessProxyFactory, ProxyFactory, parse_request_head
+from tests.peers.ffprobe import ffprobe_json
+from tests.peers.nginx import Nginx, NginxFactory
+from tests.peers.pki import make_pki
+from tests.peers.ports import port_open
 
 FPS = 10
 WIDTH, HEIGHT = 160, 120

@@ -8,15 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mqtt_broker import Mosquitto, MosquittoFactory, Received, SubscriberFactory
-from telemetry_helpers import STATION, TelemetryFactory, is_status, mqtt_cfg, topic, valid
 
 from agent.core.events import Event
 from agent.telemetry import MAX_COMMAND_PAYLOAD_BYTES, CommandError
 from agent.telemetry.mqtt import MqttLink
 from agent.telemetry.outbox import Outbox
-
-pytest_plugins = ["telemetry_fixtures"]
+from tests.peers.mosquitto import Mosquitto, MosquittoFactory, Received, SubscriberFactory
+from tests.peers.telemetry import STATION, TelemetryFactory, is_status, mqtt_cfg, topic, valid
 
 WAIT_S = 10.0  # generous: the shared CI box is noisy; each wait ends as soon as its event happens
 USERS = {STATION: "station-secret", "central": "central-secret"}  # test-only credentials

@@ -7,10 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mqtt_broker import Mosquitto, MosquittoFactory, Received, SubscriberFactory
-from telemetry_helpers import STATION, AgentFactory, is_status, topic, valid
-
-pytest_plugins = ["telemetry_fixtures"]
+from tests.peers.agent import AgentFactory
+from tests.peers.mosquitto import Mosquitto, MosquittoFactory, Received, SubscriberFactory
+from tests.peers.telemetry import STATION, is_status, topic, valid
 
 KEEPALIVE_S = 3
 WAIT_S = 15.0  # upper bound for things that have no deadline of their own

@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mqtt_broker import MosquittoFactory, SubscriberFactory
-from pki import make_pki
-from telemetry_helpers import TelemetryFactory, is_status, mqtt_cfg, topic, valid
 
-pytest_plugins = ["telemetry_fixtures"]
+from tests.peers.mosquitto import MosquittoFactory, SubscriberFactory
+from tests.peers.pki import make_pki
+from tests.peers.telemetry import TelemetryFactory, is_status, mqtt_cfg, topic, valid
 
 WAIT_S = 10.0
 

@@ -10,14 +10,12 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from telemetry_helpers import STATION, TelemetryFactory, valid
 
 from agent.core.events import Event
 from agent.telemetry import MAX_COMMAND_PAYLOAD_BYTES, CommandError, MqttConfig, payloads
 from agent.telemetry.commands import CommandRouter
 from agent.telemetry.outbox import Outbox
-
-pytest_plugins = ["telemetry_fixtures"]
+from tests.peers.telemetry import STATION, TelemetryFactory, valid
 
 AT = "2024-05-01T08:00:00.000Z"
 

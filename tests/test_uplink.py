@@ -10,18 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentrun import (
-    STATION,
-    AgentProcess,
-    Running,
-    agent_config,
-    assert_all_on_server,
-    spool_seqs,
-    wait_until,
-    write_toml,
-)
-from faultproxy import FaultProxy
-from servers import Nginx, ffprobe_json
 
 from agent.adapt.ladder import Rung
 from agent.adapt.throughput import ThroughputEstimator
@@ -32,6 +20,11 @@ from agent.spool.store import Spool
 from agent.uplink.config import HttpUplinkConfig
 from agent.uplink.targets import FileTarget, Progress, RejectedUploadError
 from agent.uplink.uploader import SegmentUploader
+from tests.peers.agent import AgentProcess, Running, assert_all_on_server, spool_seqs, wait_until
+from tests.peers.config import STATION, agent_config, write_toml
+from tests.peers.faultproxy import FaultProxy
+from tests.peers.ffprobe import ffprobe_json
+from tests.peers.nginx import Nginx
 
 FAST_RETRY = {"backoff_max_s": 0.5, "timeout_s": 2.0, "archive_interval_s": 0}
 
@@ -199,7 +192,7 @@ def test_https_with_client_certificate_and_token(
     tmp_path: Path,
     run_agent: Callable[[AgentConfig], Running],
 ) -> None:
-    from pki import make_pki
+    from tests.peers.pki import make_pki
 
     pki = make_pki(tmp_path / "pki")
     token = tmp_path / "token"
@@ -223,7 +216,7 @@ def test_wrong_ca_is_refused_with_a_clear_reason_and_nothing_lost(
     tmp_path: Path,
     run_agent: Callable[[AgentConfig], Running],
 ) -> None:
-    from pki import make_pki
+    from tests.peers.pki import make_pki
 
     server = nginx_factory(tls=make_pki(tmp_path / "server-pki"))
     other_ca = make_pki(tmp_path / "other-pki").ca_cert

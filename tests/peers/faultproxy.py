@@ -691,3 +691,7 @@ class SubprocessFaultProxy:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+ProxyFactory = Callable[..., FaultProxy]
+ProcessProxyFactory = Callable[..., SubprocessFaultProxy]

@@ -1,22 +1,19 @@
-"""A real Mosquitto for tests, a recording subscriber, and their pytest fixtures.
-
-    pytest_plugins = ["telemetry_fixtures"]   # in a test module: brings the fixtures in
+"""A real Mosquitto for tests and a recording subscriber (fixtures: tests/conftest.py).
 
     def test_x(mosquitto: Mosquitto, subscriber: SubscriberFactory) -> None:
         sub = subscriber(mosquitto, "stations/#")
         msg = sub.wait_for(lambda m: m.topic.endswith("/status"), timeout_s=5)
 
 `Mosquitto` runs /usr/sbin/mosquitto in the foreground on a free loopback port that stays the
-same across stop()/start(); optional password file (mosquitto_passwd), TLS with a tests/pki.py
-`Pki` (and require_certificate), and persistence (sessions and queued messages survive a
-restart, like a production broker).
+same across stop()/start(); optional password file (mosquitto_passwd), TLS with a
+tests/peers/pki.py `Pki` (and require_certificate), and persistence (sessions and queued
+messages survive a restart, like a production broker).
 """
 
 from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -31,7 +28,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from pki import Pki
+
+from tests.peers.pki import Pki
+from tests.peers.ports import free_port, port_open
 
 MOSQUITTO_BIN = Path("/usr/sbin/mosquitto")
 MOSQUITTO_PASSWD_BIN = Path("/usr/bin/mosquitto_passwd")
@@ -42,22 +41,9 @@ POLL_S = 0.02
 LOG_TAIL_LINES = 30
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
 class Mosquitto:
+    """One mosquitto under `workdir`; call `start()` to run it."""
+
     def __init__(
         self,
         workdir: Path,
@@ -134,7 +120,7 @@ class Mosquitto:
                 [str(MOSQUITTO_BIN), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
             )
         deadline_s = time.monotonic() + READY_TIMEOUT_S
-        while not _port_open(self.port):
+        while not port_open(self.port):
             if self._proc.poll() is not None:
                 self._proc = None
                 raise RuntimeError(f"mosquitto exited at start; log:\n{self.log_tail()}")

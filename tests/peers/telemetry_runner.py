@@ -1,7 +1,11 @@
 """A real agent process for telemetry tests: Telemetry with a fake pipeline status.
 
-    python tests/telemetry_runner.py '{"station_id": "AZ-0001", "state_dir": "...",
-                                       "mqtt": {"url": "mqtt://127.0.0.1:1883", ...}}'
+    python -P tests/peers/telemetry_runner.py SPEC.json   # -P: see agent.TELEMETRY_RUNNER
+    SPEC.json: {"station_id": "AZ-0001", "state_dir": "...", "password": null,
+                "mqtt": {"url": "mqtt://127.0.0.1:1883", ...}}
+
+Run by tests/peers/agent.py (`AgentProcess.for_telemetry`), as a script: it imports only the
+agent package. The spec is a file, not an argument: it may hold the broker password.
 
 Prints "started" once Telemetry runs. Each stdin line "emit KIND" emits an event (it is in
 the outbox when "emitted N" is printed). SIGTERM or SIGINT -> stop("SIGTERM"/"SIGINT"), exit 0.
@@ -55,7 +59,7 @@ def fake_status() -> dict[str, Any]:
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
-    spec = json.loads(sys.argv[1])
+    spec = json.loads(Path(sys.argv[1]).read_text())
     cfg = MqttConfig.model_validate(spec["mqtt"]) if spec.get("mqtt") else None
     channel = open_channel(
         cfg,

@@ -1,4 +1,4 @@
-"""Real test peers: an nginx with WebDAV PUT (HTTP/HTTPS) and RTMP ingest, plus ffprobe.
+"""A real nginx for tests: WebDAV PUT (HTTP/HTTPS, bearer token) and RTMP ingest.
 
 `Nginx` runs Debian's /usr/sbin/nginx in the foreground (`daemon off;`) from a temporary
 prefix, on free loopback ports that stay the same across `stop()` / `start()` / `restart()`.
@@ -17,23 +17,20 @@ live, so `set_bearer_token()` can reload nginx and wait until the new rules are 
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import httpx
 
-if TYPE_CHECKING:  # tests/pki.py is written by another helper; only its shape matters here
-    from pki import Pki
+from tests.peers.pki import Pki
+from tests.peers.ports import free_port, port_open
 
 log = logging.getLogger(__name__)
 
@@ -48,39 +45,10 @@ STOP_TIMEOUT_S = 10.0
 RELOAD_TIMEOUT_S = 10.0
 POLL_INTERVAL_S = 0.02
 ERROR_LOG_TAIL_LINES = 30
-# RFC 6750 b64token characters: safe to put verbatim inside a quoted nginx string.
 # linux/prctl.h
 PR_SET_PDEATHSIG = 1
+# RFC 6750 b64token characters: safe to put verbatim inside a quoted nginx string.
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9._~+/=-]+$")
-
-
-def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def port_open(port: int, host: str = "127.0.0.1", timeout_s: float = 0.2) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
-def ffprobe_json(target: Path | str, show_frames: bool = False, timeout_s: float = 60.0) -> dict:
-    """ffprobe's JSON description (format + streams, optionally frames) of a file or URL."""
-    cmd = ["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams"]
-    if show_frames:
-        cmd.append("-show_frames")
-    cmd.append(str(target))
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"ffprobe failed on {target} (rc={proc.returncode}): {proc.stderr}")
-    result: dict[str, Any] = json.loads(proc.stdout)
-    return result
 
 
 def check_installed() -> None:
@@ -336,3 +304,6 @@ def _children(pid: int) -> Iterator[int]:
             continue  # the process exited while we looked
         if int(fields[1]) == pid:
             yield int(stat.parent.name)
+
+
+NginxFactory = Callable[..., Nginx]

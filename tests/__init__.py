@@ -1,0 +1,1 @@
+"""station-agent's tests; the real peers they run against live in tests/peers/."""
