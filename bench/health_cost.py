@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -39,7 +40,7 @@ def encode_cpu_s(frames: list[np.ndarray], count: int) -> tuple[float, float]:
     """(CPU s of x264 encode alone, CPU s of BGR->I420 conversion) for `count` frames."""
     ctx = av.CodecContext.create("libx264", "w")
     ctx.width, ctx.height, ctx.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-    ctx.framerate = FPS
+    ctx.framerate = Fraction(FPS)
     ctx.bit_rate = BITRATE_BPS
     ctx.options = {"preset": "veryfast", "tune": "zerolatency"}
     t0 = time.process_time()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -21,7 +22,7 @@ MASK = (0.55, 0.35, 0.95, 0.75)
 SMALL = {"width": 160, "height": 120, "fps": 10, "bitrate_bps": 150_000}
 
 
-def on(topic: str, **fields: object) -> object:
+def on(topic: str, **fields: object) -> Callable[[Received], bool]:
     def match(m: Received) -> bool:
         if m.topic != f"{PREFIX}/{topic}":
             return False
@@ -72,9 +73,9 @@ def test_real_agent_over_mqtt(mosquitto: Mosquitto, subscriber: object, tmp_path
         snap = sub.request(f"{PREFIX}/cmd/snapshot", b"{}", timeout_s=15)
         assert snap is not None and snap.payload[:2] == b"\xff\xd8"
         image = cv2.imdecode(np.frombuffer(snap.payload, np.uint8), cv2.IMREAD_COLOR)
-        h, w = image.shape[:2]
+        h, w = image.shape[:2]  # type: ignore[union-attr]
         x0, y0, x1, y1 = MASK
-        inside = image[int(y0 * h) + 8 : int(y1 * h) - 8, int(x0 * w) + 8 : int(x1 * w) - 8]
+        inside = image[int(y0 * h) + 8 : int(y1 * h) - 8, int(x0 * w) + 8 : int(x1 * w) - 8]  # type: ignore[index]
         # JPEG ringing near the mask edge stays within ~16 levels; the moving disc is 200+
         assert np.abs(inside.astype(int) - SOLID_FILL_LEVEL).max() <= 16, "snapshot unmasked"
 

@@ -258,7 +258,7 @@ def test_supervisor_survives_a_broken_status_callable() -> None:
     notifier = RecordingNotifier(interval_s=None)
 
     def broken() -> str:
-        return str({}["rung"])
+        return str({}["rung"])  # type: ignore[index]  # a KeyError on purpose
 
     sup = Supervisor(notifier, wd, broken)
     assert sup.tick(1.0)

@@ -112,7 +112,7 @@ def test_command_round_trips(
     calls: list[str] = []
 
     def record(name: str, result: dict[str, Any]) -> Any:
-        return lambda args: calls.append(name) or result
+        return lambda args: calls.append(name) or result  # type: ignore[func-returns-value]
 
     def broken(args: dict[str, Any]) -> dict[str, Any]:
         raise OSError("device busy")

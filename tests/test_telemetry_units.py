@@ -126,7 +126,7 @@ ROUTER = CommandRouter(
         "set_rung": _set_rung,
         "snapshot": lambda args: b"\xff\xd8jpeg",
         "broken": _broken,
-        "odd": lambda args: ["not", "a", "dict"],  # type: ignore[arg-type,return-value]
+        "odd": lambda args: ["not", "a", "dict"],  # type: ignore[dict-item,return-value]
     },
 )
 

@@ -174,7 +174,9 @@ def spool_seqs(spool: Path) -> list[int]:
         return []  # the agent is creating it right now
 
 
-def wait_until(predicate: Any, timeout_s: float, interval_s: float = 0.05) -> bool:
+def wait_until(
+    predicate: Callable[..., object], timeout_s: float, interval_s: float = 0.05
+) -> bool:
     """Whether `predicate()` became true within timeout_s (checked every interval_s)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

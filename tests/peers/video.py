@@ -89,8 +89,8 @@ def hand_alpha(width: int, height: int) -> np.ndarray:
         fx = int(small_w * (0.12 + 0.2 * i))
         cv2.ellipse(mask, (fx, int(small_h * 0.2)), (int(small_w * 0.09), int(small_h * 0.3)),
                     -15, 0, 360, 255, -1)  # fmt: skip
-    mask = cv2.GaussianBlur(mask, (0, 0), 2.0)
-    alpha = cv2.resize(mask, (width, height), interpolation=cv2.INTER_LINEAR)
+    soft = cv2.GaussianBlur(mask, (0, 0), 2.0)
+    alpha = cv2.resize(soft, (width, height), interpolation=cv2.INTER_LINEAR)
     return (alpha.astype(np.float32) / 255.0)[..., None]
 
 
