@@ -179,7 +179,7 @@ def serve(
 
     run_until(stop, tick, supervisor.interval_s)
     notifier.stopping(f"stopping: {reason[0]}")
-    pipeline.stop(reason[0])
+    pipeline.stop()
     telemetry.stop(reason[0])
     return 0
 

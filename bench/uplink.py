@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from agent.service.config import config_from_dict
+from agent.uplink.uploader import SegmentUploader
 from tests.peers.agent import Running, wait_until
 from tests.peers.config import agent_config
 from tests.peers.faultproxy import FaultProxy
@@ -47,8 +48,8 @@ def latency(work: Path, nginx: Nginx, seconds: float) -> None:
     running = Running(config_from_dict(data))
     running.pipeline.start()
     time.sleep(seconds)
-    uploader = running.pipeline.uploader
-    assert uploader is not None
+    uploader = running.pipeline.outputs[0]
+    assert isinstance(uploader, SegmentUploader)
     samples = list(uploader.latencies_s)[1:]  # the first segment waits for the camera to open
     running.stop()
     p50, p95 = percentile(samples, 0.5), percentile(samples, 0.95)

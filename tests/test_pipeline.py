@@ -43,7 +43,7 @@ def running(tmp_path: Path) -> Iterator[tuple[Pipeline, RecordingSink]]:
     pipeline.start()
     yield pipeline, sink
     if pipeline.encode.alive:
-        pipeline.stop("test over")
+        pipeline.stop()
 
 
 def make_pipeline(cfg: AgentConfig) -> tuple[Pipeline, RecordingSink]:
@@ -66,7 +66,7 @@ def test_segments_are_playable_h264_with_keyframe_first(
 ) -> None:
     pipeline, _ = running
     assert wait_until(lambda: pipeline.segments_stored >= 4, timeout_s=30)
-    pipeline.stop("test over")
+    pipeline.stop()
     spool = stopped_spool(pipeline)
     records = spool.segments()
     files = segment_files(spool)
@@ -105,7 +105,7 @@ def test_rung_change_applies_at_next_boundary_without_gap(
         lambda: any(r.rung == small for r in pipeline.spool.segments()[-1:]), timeout_s=30
     )
     assert wait_until(lambda: pipeline.spool.segments()[-1].seq >= 4, timeout_s=30)
-    pipeline.stop("test over")
+    pipeline.stop()
     spool = stopped_spool(pipeline)
     records = spool.segments()
     assert [r.seq for r in records] == list(range(len(records)))
@@ -165,7 +165,7 @@ def test_file_source_that_disappears_is_reopened_and_run_goes_on(tmp_path: Path)
         status = pipeline.status()["capture"]
         assert status["outages"] == 1 and status["recent_outages"][0]["end_utc"] is not None
     finally:
-        pipeline.stop("test over")
+        pipeline.stop()
     assert pipeline.encode.alive is False and pipeline.encode.error is None
 
 
@@ -244,7 +244,7 @@ def test_encoder_with_output_latency_keeps_idr_alignment_and_every_frame(
     pipeline, _ = make_pipeline(config_from_dict(agent_config(tmp_path)))
     pipeline.start()
     assert wait_until(lambda: pipeline.segments_stored >= 3, timeout_s=30)
-    pipeline.stop("test over")
+    pipeline.stop()
     spool = stopped_spool(pipeline)
     total = 0
     for path in segment_files(spool):
@@ -267,7 +267,7 @@ def test_rung_whose_height_is_not_a_multiple_of_4_encodes(tmp_path: Path) -> Non
     try:
         assert wait_until(lambda: pipeline.segments_stored >= 2, timeout_s=30), sink.kinds()
     finally:
-        pipeline.stop("test over")
+        pipeline.stop()
     assert "encoder_failed" not in sink.kinds()
     probe = ffprobe_json(segment_files(stopped_spool(pipeline))[0])
     assert (probe["streams"][0]["width"], probe["streams"][0]["height"]) == (480, 270)
@@ -293,7 +293,7 @@ def test_a_failing_frame_restarts_the_encoder_and_recording_goes_on(
         stored = pipeline.segments_stored
         assert wait_until(lambda: pipeline.segments_stored >= stored + 2, timeout_s=30)
     finally:
-        pipeline.stop("test over")
+        pipeline.stop()
     assert pipeline.encode.failures == 1
     records = stopped_spool(pipeline).segments()
     assert any(r.discontinuity for r in records[1:]), "the restart is marked in the playlists"
@@ -321,7 +321,7 @@ def test_full_index_is_reported_and_recording_resumes_without_loss(tmp_path: Pat
         stored = pipeline.segments_stored
         assert wait_until(lambda: pipeline.segments_stored >= stored + 3, timeout_s=40)
     finally:
-        pipeline.stop("test over")
+        pipeline.stop()
     spool = stopped_spool(pipeline)
     records = spool.segments()
     assert [r.seq for r in records] == list(range(len(records))) and spool.lost() == []
@@ -336,7 +336,7 @@ def test_stop_is_bounded_while_the_disk_stays_broken(tmp_path: Path) -> None:
     assert wait_until(lambda: pipeline.segments_stored >= 1, timeout_s=30)
     _index_full(pipeline, True)
     assert sink.wait_for("spool_write_failed", timeout_s=30) is not None
-    stopper = threading.Thread(target=pipeline.stop, args=("test over",), daemon=True)
+    stopper = threading.Thread(target=pipeline.stop, daemon=True)
     stopper.start()
     stopper.join(timeout=60)  # systemd would SIGKILL after TimeoutStopSec (30 s)
     assert not stopper.is_alive(), "stop() hung on a broken disk"

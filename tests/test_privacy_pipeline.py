@@ -48,7 +48,7 @@ def test_masked_region_is_fill_in_every_segment_at_every_rung(tmp_path: Path) ->
         )
         assert pipeline.status()["privacy"]["active_count"] == 1
     finally:
-        pipeline.stop("test over")
+        pipeline.stop()
     spool = Spool.open_read_only(tmp_path / "spool")
     sizes, camera_frames, card_frames = set(), 0, 0
     for record in spool.segments():

@@ -130,8 +130,9 @@ def test_faults_end_with_every_segment_byte_identical(
     if fault != "slow link":
         injected = counters.resets + counters.stalls + counters.injected
         assert injected >= 1, counters
-        assert running.pipeline.uploader is not None
-        assert running.pipeline.uploader.figures.failures >= 1
+        uploader = running.pipeline.outputs[0]
+        assert isinstance(uploader, SegmentUploader)
+        assert uploader.figures.failures >= 1
     spool = running.stop()
     assert_all_on_server(spool, nginx.root / STATION)
 
@@ -268,7 +269,7 @@ def test_a_refused_playlist_never_holds_segments_back(tmp_path: Path) -> None:
         url=f"file://{tmp_path / 'up'}", rejected_backoff_s=600, archive_interval_s=0
     )
     target = ArchiveRefusingTarget(cfg.url, STATION)
-    uploader = SegmentUploader(cfg, target, spool, sink, ThroughputEstimator())
+    uploader = SegmentUploader(cfg, target, spool, sink, ThroughputEstimator(), name="http")
     uploader.start()
     try:
         assert wait_until(lambda: not spool.pending("http"), timeout_s=30), "segments throttled"
@@ -305,7 +306,7 @@ def test_a_hanging_playlist_put_shows_the_uplink_busy_for_the_watchdog(tmp_path:
     spool.add(EncodedSegment(b"x" * 2_000, at, 0, 1.0, rung, 15, "x", True))
     cfg = HttpUplinkConfig(url=f"file://{tmp_path / 'up'}")
     target = PlaylistHangingTarget(cfg.url, STATION)
-    uploader = SegmentUploader(cfg, target, spool, sink, ThroughputEstimator())
+    uploader = SegmentUploader(cfg, target, spool, sink, ThroughputEstimator(), name="http")
     uploader.start()
     try:
         assert target.hanging.wait(10)

@@ -8,8 +8,6 @@ uplinks stop, telemetry says goodbye.
 from __future__ import annotations
 
 import logging
-import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -17,32 +15,28 @@ from typing import Any
 
 import numpy as np
 
-from agent.adapt.controller import ControlInputs, RungController
+from agent.adapt.controller import ControlInputs, RungController, control_inputs
 from agent.adapt.ladder import Rung, build_ladder
 from agent.adapt.throughput import ThroughputEstimator
 from agent.capture.capture import Capture
 from agent.capture.privacy import PrivacyMasker
 from agent.capture.sources import open_source
+from agent.core.clock import parse_utc, utc_iso
 from agent.core.config import Secrets
 from agent.core.events import Event, EventFanout
 from agent.encode.loop import BoundaryFigures, EncodeLoop
-from agent.encode.segmenter import EncodedSegment
 from agent.health.camera import CameraHealth, read_reference
 from agent.service.config import AgentConfig
-from agent.service.supervision import ProgressWatchdog, status_line
-from agent.spool.store import Spool, SpoolError
-from agent.uplink.targets import HttpTarget, open_target
-from agent.uplink.uploader import SegmentUploader
+from agent.service.supervision import ClockWatch, ProgressWatchdog, clock_behind, status_line
+from agent.spool.store import Spool
+from agent.spool.writer import SpoolWriter
+from agent.uplink import SegmentOutput, open_outputs, output_names
 
 log = logging.getLogger(__name__)
 
-SPOOL_QUEUE_SEGMENTS = 8  # segments waiting for a slow disk before the encoder blocks
-SPOOL_RETRY_S = 1.0
 # A clean stop must fit systemd's TimeoutStopSec (30 s): the encoder finishes its segment
-# (<= segment_s), the spool gets SPOOL_DRAIN_S and each segment at most SHUTDOWN_STORE_ATTEMPTS
-# tries, uploads UPLOAD_DRAIN_S, telemetry ~3 s.
-SPOOL_DRAIN_S = 10.0
-SHUTDOWN_STORE_ATTEMPTS = 2
+# (<= segment_s), the spool writer drains (SPOOL_DRAIN_S in agent/spool/writer.py), uploads get
+# UPLOAD_DRAIN_S, telemetry ~3 s.
 UPLOAD_DRAIN_S = 3.0
 
 
@@ -53,17 +47,21 @@ class Pipeline:
         self.events = events
         self.spool = Spool(
             cfg.spool.path,
-            uplinks=self._uplink_names(),
+            uplinks=output_names(cfg.uplink),
             max_bytes=cfg.spool.max_bytes,
             min_free_bytes=cfg.spool.min_free_bytes,
             sink=events,
         )
+        self.estimator = ThroughputEstimator()  # fed by the primary output's uploads
+        self.outputs: list[SegmentOutput] = open_outputs(
+            cfg.uplink, cfg.station_id, secrets, self.spool, events, self.estimator,
+            cfg.encode.segment_s,
+        )  # fmt: skip
+        self.spool_writer = SpoolWriter(self.spool, events)
         capture_cfg = cfg.capture
         ladder = build_ladder(cfg.adapt, capture_cfg.width, capture_cfg.height, capture_cfg.fps)
         # with no uplink there is no link to adapt to: record the top rung
-        adapt_cfg = (
-            cfg.adapt if cfg.uplink.http else cfg.adapt.model_copy(update={"enabled": False})
-        )
+        adapt_cfg = cfg.adapt if self.outputs else cfg.adapt.model_copy(update={"enabled": False})
         self.controller = RungController(ladder, adapt_cfg)
         self._controller_lock = threading.Lock()
         self.health = CameraHealth(
@@ -85,30 +83,25 @@ class Pipeline:
             cfg.encode,
             self.capture,
             self.controller.decide(time.monotonic(), ControlInputs(estimate_bps=None)),
-            on_segment=self._enqueue_segment,
+            on_segment=self.spool_writer.put,
             sink=events,
             stale_after_s=capture_cfg.stall_timeout_s,
             choose_rung=self._choose_rung,
             observers=[self.health.observe] if cfg.health.enabled else [],
         )
-        self.estimator = ThroughputEstimator()
-        self.uploader: SegmentUploader | None = None
-        if cfg.uplink.http is not None:
-            target = open_target(cfg.uplink.http, cfg.station_id, secrets, cfg.encode.segment_s)
-            self.uploader = SegmentUploader(
-                cfg.uplink.http, target, self.spool, events, self.estimator
-            )
-        self._segments: queue.Queue[EncodedSegment | None] = queue.Queue(SPOOL_QUEUE_SEGMENTS)
-        self._stopping = threading.Event()
-        # a daemon: a disk that hangs for good must not keep the process from exiting
-        self._spool_thread = threading.Thread(
-            target=self._write_segments, name="spool", daemon=True
-        )
-        self.segments_stored = 0
         self._progress_marks: dict[str, object] = {}
+        self.clock_watch = ClockWatch(events)
 
-    def _uplink_names(self) -> list[str]:
-        return ["http"] if self.cfg.uplink.http is not None else []
+    @property
+    def segments_stored(self) -> int:
+        """Segments stored since start (tests and benches wait on it)."""
+        return self.spool_writer.segments_stored
+
+    def _primary_backlog(self) -> tuple[int, float, int, float]:
+        """(segments, seconds, bytes, live lag s) the primary output still lacks."""
+        if not self.outputs:
+            return 0, 0.0, 0, 0.0
+        return self.spool.backlog(self.outputs[0].name)
 
     def report_progress(self, progress: ProgressWatchdog, now_s: float) -> None:
         """Tell the watchdog which stages moved since the last call, from their counters.
@@ -121,22 +114,22 @@ class Pipeline:
 
         moved("capture", (self.capture.frames_in, self.capture.open_attempts))
         moved("encode", self.encode.frames_out)
-        if self._segments.empty():
+        if self.spool_writer.queue_empty:
             progress.idle("spool", now_s)
         else:
             progress.busy("spool", now_s)
-            moved("spool", self.segments_stored)
-        figures = None if self.uploader is None else self.uploader.figures
-        if figures is None or figures.busy_since_s is None:
+            moved("spool", self.spool_writer.segments_stored)
+        outputs = [output.progress() for output in self.outputs]
+        if all(p.busy_since_s is None for p in outputs):
             progress.idle("uplink", now_s)  # waiting for a segment or in backoff: not hung
         else:
             progress.busy("uplink", now_s)
-            moved("uplink", figures.sent_bytes)
+            moved("uplink", tuple(p.sent_bytes for p in outputs))
 
     def status_line(self) -> str:
         """For `systemctl status`: e.g. "streaming 720p30 1.5 Mbit/s, backlog 0"."""
         state = "streaming" if self.capture.state == "running" else "NO CAMERA, recording card"
-        backlog = self.spool.backlog("http")[0] if self.uploader else 0
+        backlog = self._primary_backlog()[0]
         return status_line(state, self.encode.rung, self.encode.last_bitrate_bps, backlog)
 
     def _reference(self) -> np.ndarray | None:
@@ -155,6 +148,7 @@ class Pipeline:
     def supervise(self) -> None:
         """Once a second from the main loop: what no worker thread notices by itself."""
         now_s = time.monotonic()
+        self.clock_watch.tick(time.time(), now_s)
         if self.cfg.health.enabled:
             self.health.note_source_state(now_s, self.capture.state == "running")
             self.health.poll(now_s)
@@ -162,10 +156,10 @@ class Pipeline:
     def _choose_rung(self, figures: BoundaryFigures) -> Rung:
         """At each segment boundary (encode thread): the controller picks the next rung."""
         now_s = time.monotonic()
-        _, _, backlog_bytes, lag_s = self.spool.backlog("http") if self.uploader else (0, 0, 0, 0)
-        inputs = ControlInputs(
-            estimate_bps=self.estimator.estimate_bps(now_s),
-            offline=self.estimator.offline(now_s),
+        _, _, backlog_bytes, lag_s = self._primary_backlog()
+        inputs = control_inputs(
+            self.estimator,
+            now_s,
             backlog_bytes=backlog_bytes,
             live_lag_s=lag_s,
             encode_load=figures.load,
@@ -207,23 +201,36 @@ class Pipeline:
             "spool %s opened; next segment %d; recovery clean: %s",
             self.cfg.spool.path, self.spool.next_seq(), report.clean,
         )  # fmt: skip
-        self._spool_thread.start()
+        self._check_clock()
+        self.spool_writer.start()
         self.capture.start()
         self.encode.start()
-        if self.uploader is not None:
-            self.uploader.start()
+        for output in self.outputs:
+            output.start()
 
-    def stop(self, reason: str = "stopped") -> None:
+    def _check_clock(self) -> None:
+        """At start: is the wall clock behind the end of what was recorded before?"""
+        self.clock_watch.tick(time.time(), time.monotonic())  # the reference for the ticks
+        last_seq = self.spool.next_seq() - 1
+        if last_seq < 0:
+            return  # a new spool: nothing recorded before
+        last = self.spool.get(last_seq)
+        try:
+            end_utc = utc_iso(parse_utc(last.started_utc) + last.duration_s)
+        except ValueError as exc:
+            log.warning("segment %d: unreadable started_utc: %s", last.seq, exc)
+            return
+        event = clock_behind(time.time(), end_utc)
+        if event is not None:
+            log.warning("%s", event.message)
+            self.events.emit(event)
+
+    def stop(self) -> None:
         self.encode.stop(timeout_s=self.cfg.encode.segment_s * 3 + 5)
         self.capture.stop()
-        self._stopping.set()
-        try:
-            self._segments.put(None, timeout=SPOOL_DRAIN_S)
-        except queue.Full:
-            log.error("the spool is not keeping up; stopping without waiting for it")
-        self._spool_thread.join(timeout=SPOOL_DRAIN_S)
-        if self.uploader is not None:
-            self.uploader.stop(drain_s=UPLOAD_DRAIN_S)
+        self.spool_writer.stop()
+        for output in self.outputs:
+            output.stop(drain_s=UPLOAD_DRAIN_S)
         self.spool.close()
 
     def _pinned_name(self) -> str | None:
@@ -233,58 +240,8 @@ class Pipeline:
     def reload_secrets(self, secrets: Secrets) -> None:
         """SIGHUP: a technician fixed a credential file; uploads pick it up at once."""
         self.secrets = secrets
-        if self.uploader is not None and isinstance(self.uploader.target, HttpTarget):
-            self.uploader.target.set_credentials(secrets)
-            self.uploader.wake()
-
-    # -- spool writer ----------------------------------------------------------------------
-
-    def _enqueue_segment(self, segment: EncodedSegment) -> None:
-        self._segments.put(segment)  # blocks only when the disk is 8 segments behind
-
-    def _write_segments(self) -> None:
-        while True:
-            segment = self._segments.get()
-            if segment is None:
-                return
-            self._store(segment)
-
-    def _store(self, segment: EncodedSegment) -> None:
-        """Store with retries: a full or failing disk is reported and retried every second,
-        the segment kept in memory meanwhile; at shutdown each segment gets a last few tries."""
-        failures = 0
-        while True:
-            try:
-                self.spool.add(segment)
-                self.segments_stored += 1
-                return
-            except (OSError, SpoolError, sqlite3.Error) as exc:
-                failures += 1
-                log.error("cannot store segment (attempt %d): %s", failures, exc)
-                if failures == 1:
-                    self.events.emit(
-                        Event(
-                            "spool_write_failed",
-                            "critical",
-                            f"cannot store segment: {exc}",
-                            {"error": str(exc)},
-                        )
-                    )
-                if self._stopping.is_set() and failures >= SHUTDOWN_STORE_ATTEMPTS:
-                    self._drop_unstored(segment, str(exc))
-                    return
-                time.sleep(SPOOL_RETRY_S)
-
-    def _drop_unstored(self, segment: EncodedSegment, reason: str) -> None:
-        self.events.emit(
-            Event(
-                "segment_dropped",
-                "critical",
-                f"a segment recorded at {segment.started_utc} could not be stored before "
-                f"shutdown: {reason}",
-                {"started_utc": segment.started_utc, "bytes": len(segment.data), "reason": reason},
-            )
-        )
+        for output in self.outputs:
+            output.reload_credentials(secrets)
 
     # -- status ----------------------------------------------------------------------------
 
@@ -294,7 +251,7 @@ class Pipeline:
             "source": self.cfg.capture.source,
             "ladder_top": self.controller.ladder[-1].name,
             "ladder_bottom": self.controller.ladder[0].name,
-            "uplinks": self._uplink_names(),
+            "uplinks": [output.name for output in self.outputs],
             "segment_s": self.cfg.encode.segment_s,
             "privacy_masks": self.masker.active_count,
         }
@@ -309,7 +266,7 @@ class Pipeline:
             "encode": self.encode.status()
             | {"adapt_reason": self.controller.reason, "pinned": self._pinned_name()},
             "spool": self.spool.stats(),
-            "uplink": None if self.uploader is None else self.uploader.status(now_s),
+            "uplink": self.outputs[0].status(now_s) if self.outputs else None,
             "health": self.health.snapshot() if self.cfg.health.enabled else None,
             "privacy": self.masker.snapshot(),
         }

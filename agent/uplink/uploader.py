@@ -25,11 +25,14 @@ import tenacity
 
 from agent.adapt.throughput import ThroughputEstimator
 from agent.core.backoff import floor_jitter_s, full_jitter_s
+from agent.core.config import Secrets
 from agent.core.events import Event, EventSink, utc_now_iso
 from agent.spool.store import SegmentRecord, Spool
 from agent.uplink.config import HttpUplinkConfig
+from agent.uplink.output import OutputProgress
 from agent.uplink.playlists import Entry, render_archive, render_live
 from agent.uplink.targets import (
+    HttpTarget,
     Progress,
     RejectedUploadError,
     RetryableUploadError,
@@ -38,7 +41,6 @@ from agent.uplink.targets import (
 
 log = logging.getLogger(__name__)
 
-UPLINK = "http"
 IDLE_POLL_S = 0.5  # wait for a new segment at most this long before looking again
 BACKOFF_BASE_S = 0.5
 LATENCY_SAMPLES = 512  # glass-to-upstream latencies kept for p50/p95
@@ -65,6 +67,8 @@ class _Rejected(Exception):
 
 
 class SegmentUploader:
+    """A SegmentOutput (agent.uplink.output): `name` is the spool's uplink name."""
+
     def __init__(
         self,
         cfg: HttpUplinkConfig,
@@ -72,9 +76,12 @@ class SegmentUploader:
         spool: Spool,
         sink: EventSink,
         estimator: ThroughputEstimator,
+        *,
+        name: str,
         rng: random.Random | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        self.name = name
         self._cfg = cfg
         self.target = target
         self._spool = spool
@@ -98,7 +105,7 @@ class SegmentUploader:
 
     def start(self) -> None:
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="uplink-http", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"uplink-{self.name}", daemon=True)
         self._thread.start()
 
     def stop(self, drain_s: float = 0.0) -> None:
@@ -107,7 +114,7 @@ class SegmentUploader:
         ended, and a restart (upgrade, reboot, watchdog) must not end the public stream."""
         if drain_s > 0:
             deadline_s = time.monotonic() + drain_s
-            while time.monotonic() < deadline_s and self._spool.backlog(UPLINK)[0]:
+            while time.monotonic() < deadline_s and self._spool.backlog(self.name)[0]:
                 time.sleep(0.1)
         self._stop.set()
         if self._thread is not None:
@@ -146,6 +153,12 @@ class SegmentUploader:
     def wake(self) -> None:
         """Cut the current backoff short (a credential was fixed)."""
         self._wake.set()
+
+    def reload_credentials(self, secrets: Secrets) -> None:
+        """SIGHUP: a technician fixed a credential file; uploads pick it up at once."""
+        if isinstance(self.target, HttpTarget):  # a file:// target has no credential
+            self.target.set_credentials(secrets)
+            self.wake()
 
     def _sleep(self, seconds: float) -> None:
         deadline_s = time.monotonic() + seconds
@@ -235,10 +248,10 @@ class SegmentUploader:
 
     def _pick(self) -> SegmentRecord | None:
         newest = self._spool.next_seq() - 1
-        live_edge = self._spool.pending(UPLINK, newest_first=True, limit=1)
+        live_edge = self._spool.pending(self.name, newest_first=True, limit=1)
         if live_edge and live_edge[0].seq == newest:
             return live_edge[0]  # the live edge first
-        oldest = self._spool.pending(UPLINK, limit=1)
+        oldest = self._spool.pending(self.name, limit=1)
         return oldest[0] if oldest else None  # then the oldest of the backlog
 
     def _upload(self, record: SegmentRecord) -> None:
@@ -254,7 +267,7 @@ class SegmentUploader:
             ok = True
         finally:
             self.estimator.upload_finished(ticket, time.monotonic(), ok)
-        self._spool.mark_uploaded(record.seq, UPLINK)
+        self._spool.mark_uploaded(record.seq, self.name)
         with self._lock:
             f = self.figures
             f.uploaded += 1
@@ -343,13 +356,13 @@ class SegmentUploader:
                 duration_s=r.duration_s,
                 started_utc=r.started_utc,
                 discontinuity=r.discontinuity,
-                available=UPLINK in r.uploaded_to,
+                available=self.name in r.uploaded_to,
             )
             for r in self._spool.segments(since_seq)
         ]
 
     def _write_playlists(self, ended: bool) -> None:
-        edge = self._spool.newest_uploaded(UPLINK)
+        edge = self._spool.newest_uploaded(self.name)
         if edge is None:
             return
         first = max(0, edge - self._cfg.live_window + 1)
@@ -374,8 +387,11 @@ class SegmentUploader:
 
     # -- figures ---------------------------------------------------------------------------
 
+    def progress(self) -> OutputProgress:
+        return OutputProgress(self.figures.busy_since_s, self.figures.sent_bytes)
+
     def status(self, now_s: float) -> dict[str, Any]:
-        segments, seconds, nbytes, lag_s = self._spool.backlog(UPLINK)
+        segments, seconds, nbytes, lag_s = self._spool.backlog(self.name)
         f = self.figures
         estimate = self.estimator.estimate_bps(now_s)
         return {
