@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import shutil
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.adapt.ladder import Rung
@@ -25,6 +27,7 @@ from agent.core.durable import fsync_directory, write_atomic
 from agent.core.events import DiscardSink, Event, EventSink, utc_now_iso
 from agent.encode.segmenter import EncodedSegment
 from agent.spool.eviction import StoredSegment, choose_evictions
+from agent.spool.recovery import quarantine_file
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +60,24 @@ CREATE TABLE IF NOT EXISTS lost (
     reason TEXT NOT NULL,
     lost_utc TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
+# Columns added after the first release: (table, column, definition); an older index gets them
+# at open, with their defaults.
+ADDED_COLUMNS = (
+    ("segments", "note", "TEXT NOT NULL DEFAULT ''"),  # why a row is not what the encoder said
+    ("segments", "recovered", "INTEGER NOT NULL DEFAULT 0"),  # re-indexed at start
+    ("lost", "cause", "TEXT NOT NULL DEFAULT 'evicted'"),  # evicted | missing | corrupt
+)
+CAUSE_EVICTED = "evicted"  # lost.cause: deleted for room before every uplink had it
+CAUSE_MISSING = "missing"  # the file was gone
+CAUSE_CORRUPT = "corrupt"  # the file was not what was stored (moved to quarantine)
 GENESIS_SHA256 = "0" * 64  # prev_sha256 of the very first segment
 SEGMENT_DIR = "segments"
+QUARANTINE_DIR = "quarantine"  # files that are not whole segments, kept for a person to look at
 DISK_OK_FACTOR = 1.2  # disk_low is re-armed when free space is 20 % above the floor
 INDEX_FILE = "index.sqlite"
 # Segments are the service's alone (the unit's UMask=0077 always made them 0600).
@@ -70,8 +88,28 @@ class SpoolError(Exception):
     """The spool cannot be used (unwritable directory, broken index)."""
 
 
+class SegmentUnavailable(SpoolError):
+    """A segment's bytes cannot be had; the loss is already recorded (a `lost` row and a
+    `segment_dropped` event) and the segment is no longer pending."""
+
+    def __init__(self, seq: int, reason: str) -> None:
+        super().__init__(f"segment {seq}: {reason}")
+        self.seq = seq
+        self.reason = reason
+
+
+class SegmentMissing(SegmentUnavailable):
+    """The file is gone (deleted behind the agent's back, or evicted)."""
+
+
+class SegmentCorrupt(SegmentUnavailable):
+    """The file is not what was stored (size or SHA-256 differ, or it cannot be read); it was
+    moved to the spool's quarantine folder."""
+
+
 @dataclass(frozen=True)
 class SegmentRecord:
+    recording_id: str
     seq: int
     started_utc: str
     duration_s: float
@@ -83,13 +121,22 @@ class SegmentRecord:
     discontinuity: bool
     evicted: bool
     uploaded_to: tuple[str, ...]
+    note: str = ""  # e.g. re-indexed at start, or its start time clamped
 
     @property
     def file_name(self) -> str:
+        """The file's name in the spool's segment folder."""
         return segment_file_name(self.seq)
+
+    @property
+    def object_name(self) -> str:
+        """The name upstream (under the station's folder): unique across boxes, spools and
+        restarts, so no upload can replace another recording's object."""
+        return f"{self.recording_id}/{self.file_name}"
 
     def as_dict(self) -> dict[str, object]:
         return {
+            "recording_id": self.recording_id,
             "seq": self.seq,
             "started_utc": self.started_utc,
             "duration_s": self.duration_s,
@@ -101,6 +148,7 @@ class SegmentRecord:
             "discontinuity": self.discontinuity,
             "evicted": self.evicted,
             "uploaded_to": list(self.uploaded_to),
+            "note": self.note,
         }
 
 
@@ -117,6 +165,38 @@ class RecoveryReport:
 
 def segment_file_name(seq: int) -> str:
     return f"{seq:08d}.ts"
+
+
+def new_recording_id() -> str:
+    """UTC creation time + 24 random bits, e.g. 20261123T061502Z-3fa9c2: sorts by time, and two
+    boxes (or two spools on one box) starting in the same second still differ."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    for table, column, definition in ADDED_COLUMNS:
+        # table, column and definition are this module's constants
+        present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+
+
+def _recording_id(db: sqlite3.Connection, create: bool) -> str:
+    """The index's recording id; made once when `create` and there is none (a new index, or
+    one written before recording ids existed). A read-only look at an old index gets ""."""
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = 'recording_id'").fetchone()
+    except sqlite3.OperationalError:  # an index older than the meta table, opened read-only
+        if create:
+            raise
+        return ""
+    if row is not None:
+        return str(row[0])
+    if not create:
+        return ""
+    recording_id = new_recording_id()
+    db.execute("INSERT INTO meta (key, value) VALUES ('recording_id', ?)", (recording_id,))
+    return recording_id
 
 
 class Spool:
@@ -142,6 +222,8 @@ class Spool:
         self._added = threading.Condition(self._lock)
         self._db: sqlite3.Connection | None = None
         self._disk_low = False
+        self.recording_id = ""  # read from the index at open (made when the index is created)
+        self._note = "s.note"  # "''" for an index older than the note column, read-only
         self.recovery: RecoveryReport | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -155,6 +237,8 @@ class Spool:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")  # a committed row survives a power cut
             db.executescript(SCHEMA)
+            _add_missing_columns(db)
+            self.recording_id = _recording_id(db, create=True)
         except (OSError, sqlite3.Error) as exc:
             raise SpoolError(f"cannot open the spool at {self.path}: {exc}") from exc
         self._db = db
@@ -172,6 +256,9 @@ class Spool:
             raise SpoolError(f"{path} is not a spool (no {INDEX_FILE} in it)")
         try:
             spool._db = sqlite3.connect(f"file:{index}?mode=ro", uri=True, check_same_thread=False)
+            spool.recording_id = _recording_id(spool._db, create=False)
+            columns = {row[1] for row in spool._db.execute("PRAGMA table_info(segments)")}
+            spool._note = "s.note" if "note" in columns else "''"
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot read {index}: {exc}") from exc
         return spool
@@ -222,7 +309,7 @@ class Spool:
             if self._uploaded_everywhere(seq):  # the upstream has it: nothing is lost
                 self.db.execute("UPDATE segments SET evicted = 1 WHERE seq = ?", (seq,))
             else:
-                self._record_loss(seq, "file missing at start (disk failure?)")
+                self._record_loss(seq, "file missing at start (disk failure?)", CAUSE_MISSING)
         fsync_directory(self.segment_dir)
         report = RecoveryReport(temps, unindexed, missing)
         if not report.clean:
@@ -329,20 +416,31 @@ class Spool:
         elif free_after > self._min_free_bytes * DISK_OK_FACTOR and self._disk_low:
             self._disk_low = False
 
-    def _record_loss(self, seq: int, reason: str) -> None:
-        row = self.db.execute("SELECT bytes FROM segments WHERE seq = ?", (seq,)).fetchone()
+    def _record_loss(self, seq: int, reason: str, cause: str = CAUSE_EVICTED) -> None:
+        """In its own transaction: the row marked gone and the `lost` row; then the event."""
+        with self._transaction() as db:
+            nbytes = self._insert_loss(db, seq, reason, cause)
+        self._report_loss(seq, nbytes, reason)
+
+    def _insert_loss(self, db: sqlite3.Connection, seq: int, reason: str, cause: str) -> int:
+        """Inside the caller's transaction: the row no longer pending, and its `lost` row."""
+        row = db.execute("SELECT bytes FROM segments WHERE seq = ?", (seq,)).fetchone()
         nbytes = int(row[0]) if row else 0
-        self.db.execute("UPDATE segments SET evicted = 1 WHERE seq = ?", (seq,))
-        self.db.execute(
-            "INSERT OR REPLACE INTO lost (seq, bytes, reason, lost_utc) VALUES (?,?,?,?)",
-            (seq, nbytes, reason, utc_now_iso()),
+        db.execute("UPDATE segments SET evicted = 1 WHERE seq = ?", (seq,))
+        db.execute(
+            "INSERT OR REPLACE INTO lost (seq, bytes, reason, lost_utc, cause) VALUES (?,?,?,?,?)",
+            (seq, nbytes, reason, utc_now_iso(), cause),
         )
+        return nbytes
+
+    def _report_loss(self, seq: int, nbytes: int, reason: str) -> None:
+        """After the loss is committed: the log line and the critical event."""
         log.error("segment %d lost: %s", seq, reason)
         self._sink.emit(
             Event(
                 "segment_dropped",
                 "critical",
-                f"segment {seq} was deleted before upload: {reason}",
+                f"segment {seq} was lost before upload: {reason}",
                 {"seq": seq, "bytes": nbytes, "reason": reason},
             )
         )
@@ -388,17 +486,17 @@ class Spool:
         query = (
             "SELECT s.seq, s.started_utc, s.duration_s, s.bytes, s.sha256, s.prev_sha256,"  # noqa: S608
             " s.width, s.height, s.fps, s.bitrate_bps, s.encoder, s.discontinuity, s.evicted,"
-            " (SELECT group_concat(u.uplink) FROM uploads u WHERE u.seq = s.seq)"
+            f" (SELECT group_concat(u.uplink) FROM uploads u WHERE u.seq = s.seq), {self._note}"
             f" FROM segments s {where} ORDER BY s.seq {order} LIMIT ?"
         )
         with self._lock:
             rows = self.db.execute(query, (*args, limit)).fetchall()
         return [
             SegmentRecord(
-                seq=r[0], started_utc=r[1], duration_s=r[2], nbytes=r[3], sha256=r[4],
-                prev_sha256=r[5], rung=Rung(r[6], r[7], r[8], r[9]), encoder=r[10],
-                discontinuity=bool(r[11]), evicted=bool(r[12]),
-                uploaded_to=tuple(sorted(r[13].split(","))) if r[13] else (),
+                recording_id=self.recording_id, seq=r[0], started_utc=r[1], duration_s=r[2],
+                nbytes=r[3], sha256=r[4], prev_sha256=r[5], rung=Rung(r[6], r[7], r[8], r[9]),
+                encoder=r[10], discontinuity=bool(r[11]), evicted=bool(r[12]),
+                uploaded_to=tuple(sorted(r[13].split(","))) if r[13] else (), note=r[14],
             )
             for r in rows
         ]  # fmt: skip
@@ -434,6 +532,54 @@ class Spool:
 
     def read(self, seq: int) -> bytes:
         return (self.segment_dir / segment_file_name(seq)).read_bytes()
+
+    def read_verified(self, seq: int) -> bytes:
+        """The segment's bytes, checked against the size and SHA-256 stored with it: only a
+        whole segment goes upstream. A missing file raises `SegmentMissing`; a changed or
+        unreadable one is moved to quarantine and raises `SegmentCorrupt`. Either way the loss
+        is recorded first (once: asking again raises the same without a second event), and the
+        segment is no longer pending. An unknown seq raises KeyError."""
+        record = self.get(seq)
+        if record.evicted:
+            raise self._unavailable(seq)
+        file = self.segment_dir / record.file_name
+        problem: type[SegmentUnavailable]
+        try:
+            data = file.read_bytes()
+        except FileNotFoundError:
+            problem, reason = SegmentMissing, "the segment file is missing"
+        except OSError as exc:
+            problem, reason = SegmentCorrupt, f"the segment file cannot be read: {exc}"
+        else:
+            if len(data) != record.nbytes:
+                problem = SegmentCorrupt
+                reason = f"the file has {len(data)} bytes, the index {record.nbytes}"
+            elif hashlib.sha256(data).hexdigest() != record.sha256:
+                problem = SegmentCorrupt
+                reason = "the file's SHA-256 does not match the index (changed after storing)"
+            else:
+                return data
+        with self._lock:
+            if self.get(seq).evicted:  # evicted meanwhile: the eviction recorded any loss
+                raise self._unavailable(seq)
+            if problem is SegmentCorrupt:
+                # moved first: a crash before the loss commits leaves a row whose file is
+                # missing, which the next start records as lost
+                moved = quarantine_file(file, self.path / QUARANTINE_DIR, self.recording_id)
+                reason += f"; kept as {QUARANTINE_DIR}/{moved.name}"
+            cause = CAUSE_CORRUPT if problem is SegmentCorrupt else CAUSE_MISSING
+            self._record_loss(seq, reason, cause)
+        raise problem(seq, reason)
+
+    def _unavailable(self, seq: int) -> SegmentUnavailable:
+        """What read_verified raises for a segment already gone, from its `lost` row."""
+        with self._lock:
+            row = self.db.execute("SELECT reason, cause FROM lost WHERE seq = ?", (seq,)).fetchone()
+        if row is None:  # evicted once every uplink had it: nothing was lost
+            return SegmentMissing(seq, "evicted after upload")
+        reason, cause = str(row[0]), str(row[1])
+        kind = SegmentCorrupt if cause == CAUSE_CORRUPT else SegmentMissing
+        return kind(seq, reason)
 
     def lost(self) -> list[tuple[int, str, str]]:
         with self._lock:
