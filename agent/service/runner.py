@@ -1,0 +1,154 @@
+"""The service's life: build the pipeline and telemetry, start them, supervise once a second
+until SIGTERM/SIGINT (or a demo's duration), stop cleanly.
+
+    return serve(cfg, status_line=False, config_path=path)   # `station-agent run`
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from agent import __version__
+from agent.adapt.ladder import format_bps, picture_label
+from agent.core.config import ConfigError
+from agent.core.events import EventFanout
+from agent.service.config import AgentConfig, load_config, load_secrets
+from agent.service.pipeline import Pipeline, run_until
+from agent.service.remote import command_handlers
+from agent.service.sdnotify import SdNotifier
+from agent.service.supervision import ProgressWatchdog, Supervisor
+from agent.spool.store import SpoolError
+from agent.telemetry import Telemetry, open_channel
+
+log = logging.getLogger("agent")
+
+
+class _Signals:
+    """SIGTERM/SIGINT ask for a stop (remembering which), SIGHUP for a credentials reload."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.reload = threading.Event()
+        self.reason = "signal"
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hangup)
+
+    def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
+        self.reason = signal.Signals(signum).name
+        self.stop.set()
+
+    def _on_hangup(self, _signum: int, _frame: FrameType | None) -> None:
+        self.reload.set()
+
+    def finish(self, reason: str) -> None:
+        self.reason = reason
+        self.stop.set()
+
+
+def serve(
+    cfg: AgentConfig,
+    status_line: bool,
+    duration_s: float | None = None,
+    config_path: Path | None = None,
+) -> int:
+    """Run the pipeline until SIGTERM/SIGINT (or `duration_s`), then stop cleanly: exit 0.
+    Exit 2 when the agent cannot be set up (the message says why)."""
+    secrets = load_secrets(cfg)
+    events = EventFanout()
+    try:
+        pipeline = Pipeline(cfg, secrets, events)
+    except OSError as exc:  # e.g. a client certificate and key that do not match (ssl.SSLError)
+        print(f"error: cannot set up the agent: {exc}", file=sys.stderr)
+        return 2
+    telemetry = _telemetry(cfg, pipeline, secrets.mqtt_password)
+    events.subscribe(telemetry.emit)
+    notifier = SdNotifier(os.environ)  # systemd Type=notify; does nothing outside systemd
+    faulthandler.enable()  # a watchdog abort leaves every thread's stack in the journal
+    progress = ProgressWatchdog(cfg.watchdog.deadlines_s(), time.monotonic())
+    supervisor = Supervisor(notifier, progress, pipeline.status_line, sink=events)
+    signals = _Signals()
+    try:
+        pipeline.start()  # first: the first heartbeat reads the spool, which start() opens
+        telemetry.start()
+    except (SpoolError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        telemetry.stop(f"start failed: {exc}")
+        return 2
+    notifier.ready(pipeline.status_line())
+    deadline_s = None if duration_s is None else time.monotonic() + duration_s
+
+    def tick() -> None:
+        now_s = time.monotonic()
+        pipeline.supervise()
+        pipeline.report_progress(progress, now_s)
+        supervisor.tick(now_s)
+        if signals.reload.is_set():
+            signals.reload.clear()
+            _reload_secrets(pipeline, config_path)
+        if status_line:
+            print(describe(pipeline.status()), file=sys.stderr, flush=True)
+        if deadline_s is not None and time.monotonic() >= deadline_s:
+            signals.finish("demo duration reached")
+
+    run_until(signals.stop, tick, supervisor.interval_s)
+    notifier.stopping(f"stopping: {signals.reason}")
+    pipeline.stop()
+    telemetry.stop(signals.reason)
+    return 0
+
+
+def _telemetry(cfg: AgentConfig, pipeline: Pipeline, password: Any) -> Telemetry:
+    channel = open_channel(
+        cfg.mqtt,
+        station_id=cfg.station_id,
+        state_dir=cfg.spool.path / "telemetry",
+        password=password.get_secret_value() if password is not None else None,
+    )
+    return Telemetry(
+        channel,
+        station_id=cfg.station_id,
+        status=pipeline.status,
+        summary=pipeline.summary(),
+        commands=command_handlers(pipeline),
+        version=__version__,
+        spool_path=cfg.spool.path,
+    )
+
+
+def _reload_secrets(pipeline: Pipeline, config_path: Path | None) -> None:
+    """SIGHUP: re-read the secret files (the rest of the config needs a restart)."""
+    try:
+        cfg = load_config(config_path) if config_path else pipeline.cfg
+        pipeline.reload_secrets(load_secrets(cfg))
+        log.info("credentials reloaded")
+    except ConfigError as exc:
+        log.error("reload failed, keeping the old credentials: %s", exc)
+
+
+def describe(status: dict[str, Any]) -> str:
+    """One line for people: fps, bitrate, segments, spool size."""
+    capture, encode, spool = status["capture"], status["encode"], status["spool"]
+    rung = encode["rung"]
+    picture = picture_label(rung["height"], rung["fps"])
+    return (
+        f"{picture} {capture['state']} in {capture['fps_in']:.1f} fps | "
+        f"{format_bps(float(encode['bitrate_bps_actual']))}bit/s ({encode['encoder']}) | "
+        f"segments {spool['segments']} on disk, {int(spool['bytes']) / 1e6:.1f} MB, "
+        f"lost {spool['lost_segments']}" + _describe_uplink(status.get("uplink"))
+    )
+
+
+def _describe_uplink(uplink: dict[str, Any] | None) -> str:
+    if uplink is None:
+        return ""
+    return f" | uploaded {uplink['uploaded']}, backlog {uplink['backlog_segments']}"
