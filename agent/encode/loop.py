@@ -5,6 +5,11 @@ frame (repeating the previous one when the camera is slower, showing a "no camer
 is gone), so the output never stops and timestamps follow real time. When the box falls behind,
 ticks are skipped (counted) but a segment boundary is never skipped: every segment starts with a
 forced IDR at exactly `segment_s` intervals. A new rung is applied at the next boundary.
+
+Each segment's `started_utc` is the wall clock at its first frame. When the wall clock stepped
+since the previous boundary (more than a second against the monotonic clock: NTP sync, a person
+setting the date), the segment is marked as a discontinuity, so the playlists restart their
+PROGRAM-DATE-TIME there instead of letting a player's times drift from the index.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import numpy as np
 
 from agent.adapt.ladder import Rung
 from agent.capture.capture import Capture, CapturedFrame
-from agent.core.events import Event, EventSink, utc_now_iso
+from agent.core.clock import StepDetector, utc_iso
+from agent.core.events import Event, EventSink
 from agent.encode.config import EncodeConfig
 from agent.encode.encoder import PTS_HZ, VideoEncoder, open_video_encoder
 from agent.encode.overlay import Overlay
@@ -59,6 +65,7 @@ class EncodeLoop:
         choose_rung: RungChooser,
         observers: list[FrameObserver] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._cfg = cfg
         self._capture = capture
@@ -70,6 +77,8 @@ class EncodeLoop:
         self._stale_after_s = stale_after_s
         self._observers = observers or []
         self._clock = clock
+        self._wall_clock = wall_clock
+        self._clock_steps = StepDetector()
         self._overlay = Overlay(station_id)
         self._writer = SegmentWriter()
         self._stop = threading.Event()
@@ -187,7 +196,9 @@ class EncodeLoop:
                         log.info("rung %s -> %s", rung.name, wanted.name)
                     rung = self._rung = wanted
                 segment_index = tick // per_segment
-                self._writer.begin(rung, utc_now_iso(), pts, encoder.name, discontinuity)
+                wall_s = self._wall_clock()
+                discontinuity |= self._wall_clock_stepped(wall_s)
+                self._writer.begin(rung, utc_iso(wall_s), pts, encoder.name, discontinuity)
                 discontinuity = False
             started_s = self._clock()
             i420 = self._prepare(self._capture.latest(), rung, started_s)
@@ -197,6 +208,15 @@ class EncodeLoop:
             cost = (done_s - started_s) * rung.fps
             self.load += LOAD_EWMA_ALPHA * (cost - self.load)
             tick = self._next_tick(tick, t0_s, rung.fps, per_segment, done_s)
+
+    def _wall_clock_stepped(self, wall_s: float) -> bool:
+        """At a boundary: did the wall clock step since the previous one? (Reported as an
+        event by the service's once-a-second check; here it only marks the segment.)"""
+        step = self._clock_steps.check(wall_s, self._clock())
+        if step is None:
+            return False
+        log.warning("%s: the next segment starts a discontinuity", step.describe())
+        return True
 
     def _wanted_rung(self) -> Rung:
         """Asked at every segment boundary: the rung for the segment that starts now."""

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from agent.adapt.ladder import Rung
+from agent.core.clock import ClockStep, StepDetector, behind_s, parse_utc, utc_iso
 from agent.core.events import Event, EventSink
 
 log = logging.getLogger(__name__)
@@ -194,3 +195,48 @@ class Supervisor:
     def _emit(self, event: Event) -> None:
         if self._sink is not None:
             self._sink.emit(event)
+
+
+class ClockWatch:
+    """Ticked once a second: one `clock_stepped` event per step of the wall clock (more than
+    a second against the monotonic clock; agent/core/clock.py). The encoder marks the next
+    segment as a discontinuity by itself."""
+
+    def __init__(self, sink: EventSink) -> None:
+        self._sink = sink
+        self._steps = StepDetector()
+
+    def tick(self, now_wall_s: float, now_mono_s: float) -> ClockStep | None:
+        step = self._steps.check(now_wall_s, now_mono_s)
+        if step is not None:
+            log.warning("%s", step.describe())
+            self._sink.emit(
+                Event(
+                    "clock_stepped",
+                    "warning",
+                    step.describe(),
+                    {
+                        "step_s": round(step.step_s, 3),
+                        "from_utc": utc_iso(step.from_wall_s),
+                        "to_utc": utc_iso(step.to_wall_s),
+                    },
+                )
+            )
+        return step
+
+
+def clock_behind(now_wall_s: float, last_end_utc: str) -> Event | None:
+    """At start: a `clock_behind` event when the wall clock is more than a second earlier
+    than the end of the last segment recorded before (the clock was set back, or the box lost
+    its time while off); None otherwise."""
+    lag_s = behind_s(now_wall_s, parse_utc(last_end_utc))
+    if lag_s is None:
+        return None
+    now_utc = utc_iso(now_wall_s)
+    return Event(
+        "clock_behind",
+        "warning",
+        f"the wall clock ({now_utc}) is {lag_s:.1f} s behind the end of the last recorded "
+        f"segment ({last_end_utc}); recording goes on, new times overlap the old ones",
+        {"behind_s": round(lag_s, 3), "last_end_utc": last_end_utc, "now_utc": now_utc},
+    )
