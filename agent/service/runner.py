@@ -10,6 +10,7 @@ import faulthandler
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -28,6 +29,7 @@ from agent.service.sdnotify import SdNotifier
 from agent.service.supervision import ProgressWatchdog, Supervisor
 from agent.spool.store import SpoolError
 from agent.telemetry import Telemetry, open_channel
+from agent.telemetry.outbox import move_outbox
 
 log = logging.getLogger("agent")
 
@@ -107,11 +109,23 @@ def serve(
     return 0
 
 
+def telemetry_state_dir(cfg: AgentConfig) -> Path:
+    """The event outbox's folder: beside the spool, not in it, so a replaced or re-created
+    spool keeps the event seq (docs/telemetry.md)."""
+    return cfg.spool.path.parent / "telemetry"
+
+
 def _telemetry(cfg: AgentConfig, pipeline: Pipeline, password: Any) -> Telemetry:
+    state_dir = telemetry_state_dir(cfg)
+    if cfg.mqtt is not None:
+        try:  # earlier versions kept the outbox inside the spool
+            move_outbox(cfg.spool.path / "telemetry", state_dir)
+        except (sqlite3.Error, OSError) as exc:
+            log.error("cannot take over the old telemetry outbox in %s: %s", cfg.spool.path, exc)
     channel = open_channel(
         cfg.mqtt,
         station_id=cfg.station_id,
-        state_dir=cfg.spool.path / "telemetry",
+        state_dir=state_dir,
         password=password.get_secret_value() if password is not None else None,
     )
     return Telemetry(

@@ -1,4 +1,6 @@
 """Telemetry over MQTT: every event on disk first (the outbox), then out through `MqttLink`.
+While the disk cannot store events, the outbox keeps them in memory (bounded) and they are sent
+from there; storing them (and deleting sent ones) is retried every STORE_RETRY_S.
 
 Status is retained, with an offline last will; heartbeats are QoS 0 with an expiry; events are
 QoS 1, in seq order, and leave the outbox only on PUBACK; commands come in on `cmd/+`.
@@ -7,7 +9,7 @@ QoS 1, in seq order, and leave the outbox only on PUBACK; commands come in on `c
 from __future__ import annotations
 
 import logging
-import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,8 @@ from agent.telemetry.outbox import OUTBOX_FILENAME, Outbox
 
 log = logging.getLogger(__name__)
 
+STORE_RETRY_S = 5.0  # a full disk frees up in minutes (eviction, an operator): no need to spin
+
 
 class MqttChannel:
     _hooks: ChannelHooks  # set by start(), before the link can call back
@@ -26,8 +30,8 @@ class MqttChannel:
         self, cfg: MqttConfig, *, station_id: str, state_dir: Path, password: str | None
     ) -> None:
         self.heartbeat_s = cfg.heartbeat_s
-        self.events_unsaved = 0
         self._outbox = Outbox(state_dir / OUTBOX_FILENAME)
+        self._store_retry_s = 0.0  # monotonic time of the next retry to store events in memory
         self._link = MqttLink(
             cfg,
             station_id=station_id,
@@ -52,14 +56,16 @@ class MqttChannel:
         self._link.start()
 
     def add_event(self, kind: str, body: str) -> None:
-        """Commits the event to the outbox; the worker's next `deliver` sends it."""
-        try:
-            self._outbox.add(body)
-        except sqlite3.Error as exc:  # disk full or broken: the event is lost, say so loudly
-            self.events_unsaved += 1
-            log.error("telemetry outbox cannot store event %s (%s): %s", kind, exc, body)
+        """Commits the event to the outbox (or keeps it in memory while the disk cannot take
+        it); the worker's next `deliver` sends it."""
+        seq = self._outbox.add(body)
+        log.debug("event %s queued as %d", kind, seq)
 
     def deliver(self) -> None:
+        now_s = time.monotonic()
+        if now_s >= self._store_retry_s and not self._outbox.settled:
+            self._store_retry_s = now_s + STORE_RETRY_S
+            self._outbox.retry()
         self._link.pump_events()
 
     def publish_heartbeat(self, body: str, expiry_s: int) -> None:
@@ -77,5 +83,7 @@ class MqttChannel:
             **self._link.state(),
             "outbox_pending": self._outbox.pending,
             "outbox_dropped": self._outbox.dropped,
-            "events_unsaved": self.events_unsaved,
+            "events_unsaved": self._outbox.store_failures,
+            "events_in_memory": self._outbox.in_memory,
+            "events_dropped": self._outbox.dropped + self._outbox.memory_dropped,
         }
