@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from hypothesis import settings
 
 from agent.service.config import AgentConfig
@@ -149,6 +150,7 @@ def telemetry_factory(tmp_path: Path) -> Iterator[TelemetryFactory]:
         *,
         state_dir: Path | None = None,
         password: str | None = None,
+        command_key: Ed25519PublicKey | None = None,
         out: TextIO = sys.stdout,
         **options: Any,
     ) -> Telemetry:
@@ -163,6 +165,7 @@ def telemetry_factory(tmp_path: Path) -> Iterator[TelemetryFactory]:
             station_id=options["station_id"],
             state_dir=state_dir or tmp_path / "state",
             password=password,
+            command_key=command_key,
             out=out,
         )
         telemetry = Telemetry(channel, **options)

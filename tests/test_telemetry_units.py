@@ -12,8 +12,15 @@ import pytest
 from pydantic import ValidationError
 
 from agent.core.events import Event
-from agent.telemetry import MAX_COMMAND_PAYLOAD_BYTES, CommandError, MqttConfig, payloads
-from agent.telemetry.commands import CommandRouter
+from agent.telemetry import (
+    MAX_COMMAND_PAYLOAD_BYTES,
+    CommandError,
+    CommandPolicy,
+    CommandRequest,
+    MqttConfig,
+    payloads,
+)
+from agent.telemetry.commands import CommandHandler, CommandRouter
 from agent.telemetry.outbox import Outbox
 from tests.peers.telemetry import STATION, TelemetryFactory, valid
 
@@ -120,15 +127,19 @@ def _broken(args: dict[str, Any]) -> dict[str, Any]:
     raise RuntimeError("camera object vanished")
 
 
-ROUTER = CommandRouter(
-    STATION,
-    {
-        "set_rung": _set_rung,
-        "snapshot": lambda args: b"\xff\xd8jpeg",
-        "broken": _broken,
-        "odd": lambda args: ["not", "a", "dict"],  # type: ignore[dict-item,return-value]
-    },
-)
+HANDLERS: dict[str, CommandHandler] = {
+    "set_rung": _set_rung,
+    "snapshot": lambda args: b"\xff\xd8jpeg",
+    "broken": _broken,
+    "odd": lambda args: ["not", "a", "dict"],  # type: ignore[dict-item,return-value]
+}
+WALL_S = 1714550400.0  # AT
+
+
+def route(name: str, payload: bytes) -> dict[str, Any] | bytes | None:
+    """The reply of a fresh router (full rate-limit buckets) to one request."""
+    router = CommandRouter(STATION, HANDLERS, CommandPolicy(f"stations/{STATION}/reply"))
+    return router.handle(CommandRequest(name, payload), now_s=0.0, wall_s=WALL_S).reply
 
 
 @pytest.mark.parametrize(
@@ -146,16 +157,17 @@ ROUTER = CommandRouter(
     ],
 )
 def test_bad_commands_get_error_replies(name: str, payload: bytes, code: str) -> None:
-    reply = ROUTER.handle(name, payload, at_utc=AT)
+    reply = route(name, payload)
     assert isinstance(reply, dict)
     assert valid(reply)["error"]["code"] == code
     assert reply["ok"] is False and reply["command"] == name
 
 
 def test_good_commands_reply() -> None:
-    reply = ROUTER.handle("set_rung", b'{"index": 2, "station_id": "AZ-0001"}', at_utc=AT)
+    reply = route("set_rung", b'{"index": 2, "station_id": "AZ-0001"}')
     assert isinstance(reply, dict) and valid(reply)["result"] == {"rung": 2}
-    assert ROUTER.handle("snapshot", b"", at_utc=AT) == b"\xff\xd8jpeg"
+    assert reply["at_utc"] == AT
+    assert route("snapshot", b"") == b"\xff\xd8jpeg"
 
 
 # -- JSON lines on stdout (no [mqtt] section) ---------------------------------------------------

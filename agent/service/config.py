@@ -8,16 +8,20 @@ is wrong, so the CLI can print it and exit 2.
 
 from __future__ import annotations
 
+import os
+import stat
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import Field, SecretStr, ValidationError
 
 from agent.adapt.ladder import AdaptConfig
 from agent.capture.config import CaptureConfig
 from agent.capture.privacy import PrivacyConfig
 from agent.core.config import ConfigError, Secrets, Section, describe_validation_error, read_secret
+from agent.core.keys import parse_public_key
 from agent.encode.config import EncodeConfig
 from agent.health.config import HealthConfig
 from agent.spool.config import SpoolConfig
@@ -25,6 +29,7 @@ from agent.telemetry.config import MqttConfig
 from agent.uplink.config import UplinkConfig
 
 DEFAULT_CONFIG_PATH = Path("/etc/station-agent/config.toml")
+MAX_COMMAND_KEY_BYTES = 4096  # a PEM public key is ~113 bytes
 STATION_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 
 
@@ -107,3 +112,30 @@ def load_secrets(cfg: AgentConfig) -> Secrets:
     if cfg.mqtt is not None and cfg.mqtt.password_file is not None:
         values["mqtt_password"] = read_secret(cfg.mqtt.password_file, "MQTT password")
     return Secrets(**values)
+
+
+def load_command_key(cfg: AgentConfig) -> Ed25519PublicKey | None:
+    """The control centre's public key `[mqtt] command_key_file` names (None without one).
+    Anyone may read it, but whoever can write it decides who commands the station: a file
+    group or others may write is refused."""
+    path = cfg.mqtt.command_key_file if cfg.mqtt is not None else None
+    if path is None:
+        return None
+    try:
+        with path.open("rb") as fh:
+            mode = os.fstat(fh.fileno()).st_mode
+            data = fh.read(MAX_COMMAND_KEY_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the command key: {exc.strerror or exc}") from None
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(
+            f"{path}: the command key may be changed by group or others "
+            f"(mode {stat.S_IMODE(mode):04o}); fix with: chmod go-w {path}"
+        )
+    try:
+        return parse_public_key(data)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{path}: not the control centre's Ed25519 public key ({exc}); "
+            "give its PEM or the base64 of its 32 bytes"
+        ) from None

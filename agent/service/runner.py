@@ -18,11 +18,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from agent import __version__
 from agent.adapt.ladder import format_bps, picture_label
 from agent.core.config import ConfigError
 from agent.core.events import EventFanout
-from agent.service.config import AgentConfig, load_config, load_secrets
+from agent.service.config import AgentConfig, load_command_key, load_config, load_secrets
 from agent.service.pipeline import Pipeline, run_until
 from agent.service.remote import command_handlers
 from agent.service.sdnotify import SdNotifier
@@ -66,13 +68,14 @@ def serve(
     """Run the pipeline until SIGTERM/SIGINT (or `duration_s`), then stop cleanly: exit 0.
     Exit 2 when the agent cannot be set up (the message says why)."""
     secrets = load_secrets(cfg)
+    command_key = load_command_key(cfg)
     events = EventFanout()
     try:
         pipeline = Pipeline(cfg, secrets, events)
     except OSError as exc:  # e.g. a client certificate and key that do not match (ssl.SSLError)
         print(f"error: cannot set up the agent: {exc}", file=sys.stderr)
         return 2
-    telemetry = _telemetry(cfg, pipeline, secrets.mqtt_password)
+    telemetry = _telemetry(cfg, pipeline, secrets.mqtt_password, command_key)
     events.subscribe(telemetry.emit)
     notifier = SdNotifier(os.environ)  # systemd Type=notify; does nothing outside systemd
     faulthandler.enable()  # a watchdog abort leaves every thread's stack in the journal
@@ -115,7 +118,9 @@ def telemetry_state_dir(cfg: AgentConfig) -> Path:
     return cfg.spool.path.parent / "telemetry"
 
 
-def _telemetry(cfg: AgentConfig, pipeline: Pipeline, password: Any) -> Telemetry:
+def _telemetry(
+    cfg: AgentConfig, pipeline: Pipeline, password: Any, command_key: Ed25519PublicKey | None
+) -> Telemetry:
     state_dir = telemetry_state_dir(cfg)
     if cfg.mqtt is not None:
         try:  # earlier versions kept the outbox inside the spool
@@ -127,6 +132,7 @@ def _telemetry(cfg: AgentConfig, pipeline: Pipeline, password: Any) -> Telemetry
         station_id=cfg.station_id,
         state_dir=state_dir,
         password=password.get_secret_value() if password is not None else None,
+        command_key=command_key,
     )
     return Telemetry(
         channel,

@@ -4,7 +4,7 @@ Without an [mqtt] section the same payloads go to stdout as JSON lines (`open_ch
 See docs/telemetry.md.
 """
 
-from agent.telemetry.channel import TelemetryChannel
+from agent.telemetry.channel import CommandPolicy, CommandRequest, TelemetryChannel
 from agent.telemetry.commands import MAX_COMMAND_PAYLOAD_BYTES, CommandError, CommandHandler
 from agent.telemetry.config import MqttConfig
 from agent.telemetry.payloads import SCHEMA_VERSION, load_schema
@@ -14,6 +14,8 @@ __all__ = [
     "MAX_COMMAND_PAYLOAD_BYTES",
     "SCHEMA_VERSION",
     "CommandError",
+    "CommandPolicy",
+    "CommandRequest",
     "CommandHandler",
     "MqttConfig",
     "Telemetry",

@@ -12,8 +12,30 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-CommandSink = Callable[[str, bytes, str | None, bytes | None], None]
-"""(name, payload, response topic, correlation data) of one command request."""
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+
+@dataclass(frozen=True)
+class CommandRequest:
+    """One command as it came off the wire; nothing in it is trusted yet."""
+
+    name: str  # the last topic level: cmd/{name}
+    payload: bytes
+    response_topic: str | None = None  # MQTT v5 response topic
+    correlation: bytes | None = None  # MQTT v5 correlation data, echoed in the reply
+    retained: bool = False  # published with the retain flag: never run
+
+
+CommandSink = Callable[[CommandRequest], None]
+
+
+@dataclass(frozen=True)
+class CommandPolicy:
+    """Who may command this station: replies only under `reply_prefix` + "/"; with a `key`,
+    only commands signed by the control centre (agent/telemetry/signing.py)."""
+
+    reply_prefix: str
+    key: Ed25519PublicKey | None = None
 
 
 @dataclass(frozen=True)
@@ -29,6 +51,8 @@ class ChannelHooks:
 class TelemetryChannel(Protocol):
     heartbeat_s: float
     """The heartbeat interval this channel is configured for (`Telemetry` may override it)."""
+    command_policy: CommandPolicy | None
+    """Where replies may go and which key signs commands; None: no commands come this way."""
 
     @property
     def connected(self) -> bool:

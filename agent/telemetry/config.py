@@ -10,6 +10,9 @@ password_file = "/etc/station-agent/mqtt-password"   # read by agent.service.con
 prefix = "stations"
 heartbeat_s = 10
 keepalive_s = 30
+reply_prefix = "stations/AZ-0001/reply"   # default {prefix}/{station_id}/reply: replies only there
+command_key_file = "/etc/station-agent/command-key.pub"   # control centre's Ed25519 public key:
+                                          # then only commands it signed are run
 """
 
 from __future__ import annotations
@@ -73,6 +76,12 @@ class MqttConfig(Section):
     # Ceiling of the jittered reconnect delay. 60 s: a restarted broker sees 1,000 boxes spread
     # over a minute (about 17 connects/s) while a box still reconnects within a minute.
     reconnect_max_s: float = Field(60.0, ge=1.0, le=600.0)
+    # Command replies go only to response topics under this prefix + "/" (default
+    # {prefix}/{station_id}/reply, which the documented broker ACL lets the station write).
+    reply_prefix: str | None = Field(None, max_length=256)
+    # The control centre's Ed25519 public key (PEM or base64 of the 32 raw bytes); read by
+    # agent.service.config. When set, only commands it signed are run (docs/telemetry.md).
+    command_key_file: Path | None = None
 
     @field_validator("url")
     @classmethod
@@ -80,10 +89,10 @@ class MqttConfig(Section):
         parse_broker_url(value)
         return value
 
-    @field_validator("prefix")
+    @field_validator("prefix", "reply_prefix")
     @classmethod
-    def _valid_prefix(cls, value: str) -> str:
-        if not _PREFIX_RE.match(value):
+    def _valid_prefix(cls, value: str | None) -> str | None:
+        if value is not None and not _PREFIX_RE.match(value):
             raise ValueError(
                 f"{value!r} must be topic levels of A-Z a-z 0-9 . _ - separated by '/' "
                 "(no wildcards, no leading or trailing '/')"
@@ -102,6 +111,10 @@ class MqttConfig(Section):
     @property
     def broker(self) -> BrokerAddress:
         return parse_broker_url(self.url)
+
+    def effective_reply_prefix(self, station_id: str) -> str:
+        """Where command replies may go: topics under this + "/"."""
+        return self.reply_prefix or f"{self.prefix}/{station_id}/reply"
 
     def effective_client_id(self, station_id: str) -> str:
         """One id per station: a restarted agent takes over its old session at the broker."""

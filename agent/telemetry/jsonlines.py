@@ -13,7 +13,7 @@ import threading
 from typing import Any, TextIO
 
 from agent.telemetry import payloads
-from agent.telemetry.channel import ChannelHooks
+from agent.telemetry.channel import ChannelHooks, CommandPolicy
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,7 @@ DEFAULT_HEARTBEAT_S = 10.0  # the same default as MqttConfig.heartbeat_s
 class JsonLinesChannel:
     def __init__(self, out: TextIO, heartbeat_s: float = DEFAULT_HEARTBEAT_S) -> None:
         self.heartbeat_s = heartbeat_s
+        self.command_policy: CommandPolicy | None = None
         self._out = out
         self._lock = threading.Lock()
         self._broken = False

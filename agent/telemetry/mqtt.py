@@ -10,6 +10,11 @@ removed from it on PUBACK. On every (re)connect paho's copies of unacknowledged 
 dropped and sending restarts at the oldest event still in the outbox, so the order holds across
 reconnects; a PUBACK lost with the connection means a duplicate, which the event id lets
 consumers drop.
+
+Commands: the CONNECT asks the broker never to send a packet over MAX_PACKET_BYTES (MQTT v5
+Maximum Packet Size: a 150 MB publish on cmd/ping is dropped at the broker, not read into this
+process), and `cmd/+` is subscribed with retain-as-published, so a command that was published
+retained is seen as such (and ignored: agent/telemetry/commands.py).
 """
 
 from __future__ import annotations
@@ -29,10 +34,11 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.core.backoff import full_jitter_s
 from agent.telemetry import payloads
-from agent.telemetry.channel import CommandSink
+from agent.telemetry.channel import CommandRequest, CommandSink
 from agent.telemetry.config import MqttConfig
 from agent.telemetry.outbox import Outbox
 
@@ -43,6 +49,9 @@ RECONNECT_MIN_S = 0.2  # never retry back-to-back, even when the jitter draws ~0
 EVENT_WINDOW = 10  # events awaiting PUBACK at once: enough to drain a backlog at loopback speed
 PAHO_MAX_INFLIGHT = 20  # paho's default; above EVENT_WINDOW so status and replies never wait
 FLUSH_POLL_S = 0.05  # how often stop() looks at the outbox while it drains
+# The largest packet the broker may send us. Commands are under 4 KiB (MAX_COMMAND_PAYLOAD_BYTES);
+# 64 KiB leaves room for long topics and properties and bounds what one message can cost.
+MAX_PACKET_BYTES = 64 * 1024
 
 _P = ParamSpec("_P")
 
@@ -182,7 +191,15 @@ class MqttLink:
         client.on_log = self._on_log
         self._client = client
         self._set_retry_delay()
-        client.connect_async(broker.host, broker.port, keepalive=cfg.keepalive_s, clean_start=True)
+        connect_props = Properties(PacketTypes.CONNECT)
+        connect_props.MaximumPacketSize = MAX_PACKET_BYTES
+        client.connect_async(
+            broker.host,
+            broker.port,
+            keepalive=cfg.keepalive_s,
+            clean_start=True,
+            properties=connect_props,
+        )
         client.loop_start()
         log.info("MQTT: connecting to %s as %s", cfg.url, cfg.effective_client_id(self._station_id))
 
@@ -319,7 +336,9 @@ class MqttLink:
             log.info("MQTT: connected to %s", self._cfg.url)
         self.last_error = None
         client.publish(self.topic_status, self._online_body(), qos=1, retain=True)
-        client.subscribe(self.topic_cmd_prefix + "+", qos=1)
+        client.subscribe(
+            self.topic_cmd_prefix + "+", options=SubscribeOptions(qos=1, retainAsPublished=True)
+        )
         self._on_activity()
 
     @_guarded
@@ -373,11 +392,15 @@ class MqttLink:
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         if not message.topic.startswith(self.topic_cmd_prefix):
             return
-        name = message.topic[len(self.topic_cmd_prefix) :]
         props = message.properties
-        response_topic = getattr(props, "ResponseTopic", None)
-        correlation = getattr(props, "CorrelationData", None)
-        self._on_command(name, bytes(message.payload), response_topic, correlation)
+        request = CommandRequest(
+            name=message.topic[len(self.topic_cmd_prefix) :],
+            payload=bytes(message.payload),
+            response_topic=getattr(props, "ResponseTopic", None),
+            correlation=getattr(props, "CorrelationData", None),
+            retained=bool(message.retain),
+        )
+        self._on_command(request)
 
 
 def _json_properties() -> Properties:

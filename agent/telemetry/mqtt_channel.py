@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.telemetry.channel import ChannelHooks
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from agent.telemetry.channel import ChannelHooks, CommandPolicy
 from agent.telemetry.config import MqttConfig
 from agent.telemetry.mqtt import MqttLink
 from agent.telemetry.outbox import OUTBOX_FILENAME, Outbox
@@ -27,9 +29,20 @@ class MqttChannel:
     _hooks: ChannelHooks  # set by start(), before the link can call back
 
     def __init__(
-        self, cfg: MqttConfig, *, station_id: str, state_dir: Path, password: str | None
+        self,
+        cfg: MqttConfig,
+        *,
+        station_id: str,
+        state_dir: Path,
+        password: str | None,
+        command_key: Ed25519PublicKey | None = None,
     ) -> None:
+        if cfg.command_key_file is not None and command_key is None:  # fail closed
+            raise ValueError("[mqtt] command_key_file is set but its key was not loaded")
         self.heartbeat_s = cfg.heartbeat_s
+        self.command_policy: CommandPolicy | None = CommandPolicy(
+            cfg.effective_reply_prefix(station_id), command_key
+        )
         self._outbox = Outbox(state_dir / OUTBOX_FILENAME)
         self._store_retry_s = 0.0  # monotonic time of the next retry to store events in memory
         self._link = MqttLink(
@@ -39,7 +52,7 @@ class MqttChannel:
             outbox=self._outbox,
             will_body=lambda: self._hooks.will_body(),
             online_body=lambda: self._hooks.online_body(),
-            on_command=lambda *request: self._hooks.on_command(*request),
+            on_command=lambda request: self._hooks.on_command(request),
             on_activity=lambda: self._hooks.on_activity(),
         )
 

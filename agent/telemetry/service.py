@@ -13,7 +13,9 @@ The channel (agent/telemetry/channel.py) carries the payloads: MQTT, or JSON lin
 without an [mqtt] section. `emit` only hands the event to it (the on-disk outbox, or the
 stream) and wakes the worker; it never waits for the network. One worker thread sends
 heartbeats and drains the outbox; one more runs commands, so a slow handler never holds up
-paho's network thread.
+paho's network thread. Every command, run or refused, becomes an audit event (`command`,
+`command_refused`: agent/telemetry/commands.py); refusals are themselves rate limited
+(AUDIT_REFUSALS), so a flood of junk cannot push real events out of the outbox.
 """
 
 from __future__ import annotations
@@ -25,16 +27,18 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from agent.core.events import Event, utc_now_iso
 from agent.telemetry import payloads
-from agent.telemetry.channel import ChannelHooks, TelemetryChannel
-from agent.telemetry.commands import BUSY, CommandHandler, CommandRouter
+from agent.telemetry.channel import ChannelHooks, CommandRequest, TelemetryChannel
+from agent.telemetry.commands import CommandHandler, CommandOutcome, CommandRouter
 from agent.telemetry.config import MqttConfig
 from agent.telemetry.jsonlines import JsonLinesChannel
+from agent.telemetry.limits import RateLimit, TokenBucket
 from agent.telemetry.mqtt_channel import MqttChannel
 from agent.telemetry.system import SystemStats
 
@@ -47,14 +51,9 @@ STOP_FLUSH_TIMEOUT_S = 3.0
 THREAD_JOIN_TIMEOUT_S = 5.0
 COMMAND_QUEUE_MAX = 8  # commands come from people, a few a minute; more waiting is a stuck handler
 WORKER_ERROR_PAUSE_S = 1.0  # after an unexpected error in the worker, before it tries again
-
-
-@dataclass(frozen=True)
-class _Request:
-    name: str
-    payload: bytes
-    response_topic: str | None
-    correlation: bytes | None
+# Refused commands reported as events: 30 at once, then 30 a minute. Beyond that they are
+# counted (`commands_refused`) and the next reported one says how many went unreported.
+AUDIT_REFUSALS = RateLimit(burst=30, per_min=30)
 
 
 def open_channel(
@@ -63,13 +62,17 @@ def open_channel(
     station_id: str,
     state_dir: Path,
     password: str | None = None,
+    command_key: Ed25519PublicKey | None = None,
     out: TextIO = sys.stdout,
 ) -> TelemetryChannel:
-    """MQTT as `cfg` says (events wait in an outbox under `state_dir`); JSON lines on `out`
-    without an [mqtt] section."""
+    """MQTT as `cfg` says (events wait in an outbox under `state_dir`; `command_key` is the
+    key `cfg.command_key_file` names, loaded by the caller); JSON lines on `out` without an
+    [mqtt] section."""
     if cfg is None:
         return JsonLinesChannel(out)
-    return MqttChannel(cfg, station_id=station_id, state_dir=state_dir, password=password)
+    return MqttChannel(
+        cfg, station_id=station_id, state_dir=state_dir, password=password, command_key=command_key
+    )
 
 
 class Telemetry:
@@ -94,13 +97,19 @@ class Telemetry:
         self._started_utc = utc_now_iso()
         self._started_s = time.monotonic()
         self._system = SystemStats(spool_path)
-        self._router = CommandRouter(station_id, {**commands, "ping": self._ping})
+        self._router = CommandRouter(
+            station_id, {**commands, "ping": self._ping}, channel.command_policy
+        )
+        self._audit_lock = threading.Lock()  # audits come from the command and paho threads
+        self._audit_refusals = TokenBucket(AUDIT_REFUSALS)
+        self._refusals_unreported = 0
+        self._commands_done = self._commands_refused = 0
         self._heartbeat_seq = 0
         self._worker_errors = 0
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._requests: queue.Queue[_Request | None] = queue.Queue(COMMAND_QUEUE_MAX)
+        self._requests: queue.Queue[CommandRequest | None] = queue.Queue(COMMAND_QUEUE_MAX)
         self._started = self._stopped = False
 
     # -- public face --------------------------------------------------------------------------
@@ -169,7 +178,12 @@ class Telemetry:
 
     def connection(self) -> dict[str, Any]:
         """The telemetry section of the heartbeat; also for the local status line."""
-        return {**self._channel.state(), "worker_errors": self._worker_errors}
+        return {
+            **self._channel.state(),
+            "worker_errors": self._worker_errors,
+            "commands_done": self._commands_done,
+            "commands_refused": self._commands_refused,
+        }
 
     # -- payloads -----------------------------------------------------------------------------
 
@@ -262,36 +276,52 @@ class Telemetry:
             "uptime_s": round(time.monotonic() - self._started_s, 3),
         }
 
-    def _on_command(
-        self, name: str, payload: bytes, response_topic: str | None, correlation: bytes | None
-    ) -> None:
+    def _on_command(self, request: CommandRequest) -> None:
         """Called in paho's network thread: hand over, never run the handler here."""
-        request = _Request(name, payload, response_topic, correlation)
         try:
             self._requests.put_nowait(request)
         except queue.Full:
-            log.warning("command %r refused: %d commands already waiting", name, COMMAND_QUEUE_MAX)
-            reply = payloads.reply_error(
-                self._station_id,
-                at_utc=utc_now_iso(),
-                command=name,
-                code=BUSY,
-                message="too many commands waiting; try again later",
-            )
-            self._send_reply(request, reply)
+            self._finish(request, self._router.refuse_busy(request, time.time()))
 
     def _run_commands(self) -> None:
         while (request := self._requests.get()) is not None:
             try:
-                reply = self._router.handle(request.name, request.payload, at_utc=utc_now_iso())
-                self._send_reply(request, reply)
+                outcome = self._router.handle(request, now_s=time.monotonic(), wall_s=time.time())
+                self._finish(request, outcome)
             except Exception:  # the router never raises; a reply that cannot be sent is logged
                 self._worker_errors += 1
-                log.exception("telemetry: command %r could not be answered", request.name)
+                log.exception("telemetry: command %r could not be answered", request.name[:64])
 
-    def _send_reply(self, request: _Request, reply: dict[str, Any] | bytes) -> None:
+    def _finish(self, request: CommandRequest, outcome: CommandOutcome) -> None:
+        self._audit(outcome)
+        if outcome.reply is not None:
+            self._send_reply(request, outcome.reply)
+
+    def _audit(self, outcome: CommandOutcome) -> None:
+        """The outcome's audit event, unless refusals come too fast to report each one."""
+        event = outcome.audit
+        with self._audit_lock:
+            if outcome.executed:
+                self._commands_done += 1
+            else:
+                self._commands_refused += 1
+            if event is None:
+                return
+            if not outcome.executed:
+                if not self._audit_refusals.take(time.monotonic()):
+                    self._refusals_unreported += 1
+                    log.debug("command refusal not reported (too many): %s", event.message)
+                    return
+                if self._refusals_unreported:
+                    fields = {**event.fields, "unreported_before": self._refusals_unreported}
+                    event = Event(event.kind, event.severity, event.message, fields, event.at_utc)
+                    self._refusals_unreported = 0
+        log.log(logging.INFO if event.severity == "info" else logging.WARNING, "%s", event.message)
+        self.emit(event)
+
+    def _send_reply(self, request: CommandRequest, reply: dict[str, Any] | bytes) -> None:
         if request.response_topic is None:
-            log.warning("command %r came without a response topic: no reply sent", request.name)
+            log.info("command %r came without a response topic: no reply sent", request.name)
             return
         if isinstance(reply, bytes):
             content_type = "image/jpeg" if reply[:2] == b"\xff\xd8" else "application/octet-stream"

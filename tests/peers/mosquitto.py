@@ -5,9 +5,13 @@
         msg = sub.wait_for(lambda m: m.topic.endswith("/status"), timeout_s=5)
 
 `Mosquitto` runs /usr/sbin/mosquitto in the foreground on a free loopback port that stays the
-same across stop()/start(); optional password file (mosquitto_passwd), TLS with a
-tests/peers/pki.py `Pki` (and require_certificate), and persistence (sessions and queued
-messages survive a restart, like a production broker).
+same across stop()/start(); optional password file (mosquitto_passwd), ACL file (its text,
+e.g. the one docs/telemetry.md gives), TLS with a tests/peers/pki.py `Pki` (and
+require_certificate), and persistence (sessions, queued and retained messages survive a
+restart, like a production broker).
+
+`Subscriber.request` sends an MQTT v5 request to `.../cmd/NAME` with the response topic
+`.../reply/CLIENT_ID` beside it (the agent's default reply prefix), subscribing to it first.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class Mosquitto:
         tls: Pki | None = None,
         require_certificate: bool = False,
         persistence: bool = False,
+        acl: str | None = None,
     ) -> None:
         if require_certificate and tls is None:
             raise ValueError("require_certificate needs tls")
@@ -64,6 +69,7 @@ class Mosquitto:
         self.tls = tls
         self.require_certificate = require_certificate
         self.persistence = persistence
+        self.acl = acl
         self.log_path = workdir / "mosquitto.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -101,6 +107,10 @@ class Mosquitto:
             ]
         if self.persistence:
             lines += ["persistence true", f"persistence_location {self.workdir}/"]
+        if self.acl is not None:
+            acl_path = self.workdir / "acl"
+            acl_path.write_text(self.acl, encoding="utf-8")
+            lines.append(f"acl_file {acl_path}")
         return "\n".join(lines) + "\n"
 
     def log_tail(self) -> str:
@@ -170,12 +180,12 @@ class Subscriber:
         username: str | None = None,
         password: str | None = None,
     ) -> None:
-        self.topics = [topics] if isinstance(topics, str) else topics
+        self.topics = [topics] if isinstance(topics, str) else list(topics)
         self.messages: list[Received] = []
         self._changed = threading.Condition()
         self._subscribed = threading.Event()
+        self._acked_mids: set[int] = set()
         self.client_id = f"test-sub-{uuid.uuid4().hex[:8]}"
-        self.reply_topic = f"test/replies/{self.client_id}"
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5
         )
@@ -204,10 +214,23 @@ class Subscriber:
             raise RuntimeError(f"subscriber could not subscribe; broker log:\n{broker.log_tail()}")
 
     def _on_connect(self, client: mqtt.Client, *args: Any) -> None:
-        client.subscribe([(t, 1) for t in [*self.topics, self.reply_topic]])
+        client.subscribe([(t, 1) for t in self.topics])
 
-    def _on_subscribe(self, *args: Any) -> None:
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, *args: Any) -> None:
+        with self._changed:
+            self._acked_mids.add(mid)
+            self._changed.notify_all()
         self._subscribed.set()
+
+    def subscribe(self, topic: str) -> None:
+        """Adds a subscription (kept across reconnects); returns once the broker answered."""
+        if topic in self.topics:
+            return
+        self.topics.append(topic)
+        _, mid = self.client.subscribe(topic, qos=1)
+        with self._changed:
+            if not self._changed.wait_for(lambda: mid in self._acked_mids, READY_TIMEOUT_S):
+                raise RuntimeError(f"no SUBACK for {topic}")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self._changed:
@@ -234,16 +257,39 @@ class Subscriber:
             self._changed.wait_for(lambda: sum(map(match, self.messages)) >= count, timeout_s)
             return [m for m in self.messages if match(m)]
 
-    def request(self, topic: str, payload: bytes, timeout_s: float) -> Received | None:
-        """An MQTT v5 request: response topic + correlation data; waits for the matching reply."""
+    def reply_topic_for(self, command_topic: str) -> str:
+        """`stations/X/cmd/ping` -> `stations/X/reply/<client id>` (the default reply prefix)."""
+        return f"{command_topic.rsplit('/cmd/', 1)[0]}/reply/{self.client_id}"
+
+    def send_request(
+        self,
+        topic: str,
+        payload: bytes,
+        response_topic: str | None = None,
+        *,
+        retain: bool = False,
+    ) -> bytes:
+        """Publishes an MQTT v5 request (QoS 1, acknowledged); its correlation data.
+        `response_topic` defaults to `reply_topic_for(topic)`, subscribed first."""
+        response_topic = response_topic or self.reply_topic_for(topic)
+        self.subscribe(response_topic)
         correlation = uuid.uuid4().bytes
         props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic = self.reply_topic
+        props.ResponseTopic = response_topic
         props.CorrelationData = correlation
-        self.client.publish(topic, payload, qos=1, properties=props)
+        info = self.client.publish(topic, payload, qos=1, retain=retain, properties=props)
+        info.wait_for_publish(READY_TIMEOUT_S)
+        return correlation
+
+    def request(
+        self, topic: str, payload: bytes, timeout_s: float, response_topic: str | None = None
+    ) -> Received | None:
+        """An MQTT v5 request: response topic + correlation data; waits for the matching reply."""
+        response_topic = response_topic or self.reply_topic_for(topic)
+        correlation = self.send_request(topic, payload, response_topic)
         return self.wait_for(
             lambda m: (
-                m.topic == self.reply_topic
+                m.topic == response_topic
                 and getattr(m.properties, "CorrelationData", None) == correlation
             ),
             timeout_s,

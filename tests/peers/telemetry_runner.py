@@ -2,13 +2,15 @@
 
     python -P tests/peers/telemetry_runner.py SPEC.json   # -P: see agent.TELEMETRY_RUNNER
     SPEC.json: {"station_id": "AZ-0001", "state_dir": "...", "password": null,
-                "mqtt": {"url": "mqtt://127.0.0.1:1883", ...}}
+                "mqtt": {"url": "mqtt://127.0.0.1:1883", "command_key_file": ..., ...}}
 
 Run by tests/peers/agent.py (`AgentProcess.for_telemetry`), as a script: it imports only the
 agent package. The spec is a file, not an argument: it may hold the broker password.
 
-Prints "started" once Telemetry runs. Each stdin line "emit KIND" emits an event (it is in
-the outbox when "emitted N" is printed). SIGTERM or SIGINT -> stop("SIGTERM"/"SIGINT"), exit 0.
+Commands: ping, and stand-ins for `restart_capture` and `set_rung` that only answer (their
+audit events show that they ran). Prints "started" once Telemetry runs. Each stdin line
+"emit KIND" emits an event (it is in the outbox when "emitted N" is printed). SIGTERM or
+SIGINT -> stop("SIGTERM"/"SIGINT"), exit 0.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from types import FrameType
 from typing import Any
 
 from agent.core.events import Event
-from agent.telemetry import MqttConfig, Telemetry, open_channel
+from agent.core.keys import parse_public_key
+from agent.telemetry import CommandError, CommandHandler, MqttConfig, Telemetry, open_channel
 
 
 def fake_status() -> dict[str, Any]:
@@ -57,15 +60,35 @@ def fake_status() -> dict[str, Any]:
     }
 
 
+def _restart_capture(args: dict[str, Any]) -> dict[str, Any]:
+    if args:
+        raise CommandError("restart_capture takes no arguments")
+    return {"restarting": True}
+
+
+def _set_rung(args: dict[str, Any]) -> dict[str, Any]:
+    if set(args) != {"rung"} or not isinstance(args["rung"], str):
+        raise CommandError('set_rung takes {"rung": "<height>p<fps>"}')
+    return {"pinned": args["rung"]}
+
+
+FAKE_COMMANDS: dict[str, CommandHandler] = {
+    "restart_capture": _restart_capture,
+    "set_rung": _set_rung,
+}
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
     spec = json.loads(Path(sys.argv[1]).read_text())
     cfg = MqttConfig.model_validate(spec["mqtt"]) if spec.get("mqtt") else None
+    key_file = cfg.command_key_file if cfg is not None else None
     channel = open_channel(
         cfg,
         station_id=spec["station_id"],
         state_dir=Path(spec["state_dir"]),
         password=spec.get("password"),
+        command_key=parse_public_key(key_file.read_bytes()) if key_file else None,
         out=sys.stderr,
     )
     telemetry = Telemetry(
@@ -73,7 +96,7 @@ def main() -> int:
         station_id=spec["station_id"],
         status=fake_status,
         summary={"source": "test:", "ladder_top": "360p15 600k", "uplinks": []},
-        commands={},
+        commands=FAKE_COMMANDS,
         version="0.1.0-test",
         heartbeat_s=spec.get("heartbeat_s"),
     )
