@@ -11,12 +11,12 @@ from agent import __version__
 from agent.core.config import ConfigError
 from agent.service.config import DEFAULT_CONFIG_PATH, AgentConfig, config_from_dict, load_config
 from agent.service.runner import serve
-from agent.tools import check_cli, health_cli, mask_cli, provision_cli, spool_cli
+from agent.tools import check_cli, health_cli, mask_cli, provision_cli, spool_cli, verify_cli
 
 log = logging.getLogger("agent")
 
 # The technicians' commands: each module adds its subcommand through `add_parser(subparsers)`.
-TOOL_MODULES = (spool_cli, health_cli, mask_cli, check_cli, provision_cli)
+TOOL_MODULES = (spool_cli, health_cli, mask_cli, check_cli, provision_cli, verify_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:

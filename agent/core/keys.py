@@ -5,7 +5,7 @@ A station's private key is kept in a secret file of one line: the base64 of its 
 reads it: `base64 -d FILE | openssl pkey -inform DER -pubout`). A public key travels as the
 base64 of its raw 32 bytes (PEM is accepted too). Its fingerprint is what a technician reads
 aloud: the first 80 bits of the SHA-256 of the raw public key in base32, four groups of four,
-e.g. `K3QF-7ZPA-MC2X-R4DL` (base32 has no 0/O or 1/I to confuse).
+e.g. `K3QF-7ZPA-MC2X-R4DL` (base32 has no 0, 1, 8 or 9: an O or an I is never a digit).
 
 No file I/O here: callers read and write the files (provision, load_secrets, the verifier).
 """
