@@ -22,7 +22,7 @@ from agent.core.events import Event
 from agent.core.keys import parse_public_key
 from agent.service.config import config_from_dict, load_command_key
 from agent.telemetry import CommandError, CommandPolicy, CommandRequest, payloads
-from agent.telemetry.commands import CommandHandler, CommandOutcome, CommandRouter
+from agent.telemetry.commands import AuditGate, CommandHandler, CommandOutcome, CommandRouter
 from agent.telemetry.limits import MAX_JSON_DEPTH, RateLimit, TokenBucket, json_too_deep
 from agent.telemetry.signing import (
     CLOCK_SKEW_S,
@@ -198,6 +198,20 @@ def test_every_outcome_is_audited() -> None:
     assert error_code(unknown) == "unknown_command"
     assert unknown.audit is not None and unknown.audit.kind == "command_refused"
     assert len(audit_fields(unknown)["command"]) <= 65  # a hostile name is cut short
+
+
+def test_a_flood_of_refusals_is_counted_not_reported_one_by_one() -> None:
+    rec = Recorder()
+    commands = router(rec)
+    gate = AuditGate(RateLimit(burst=3, per_min=6))
+    junk = request("ping", response_topic="stations/AZ-0002/status")
+    reported = [gate.admit(commands.handle(junk, now_s=0, wall_s=WALL_S), 0.0) for _ in range(5)]
+    assert [event is not None for event in reported] == [True, True, True, False, False]
+    ran = gate.admit(commands.handle(request("ping"), now_s=0, wall_s=WALL_S), 0.0)
+    assert ran is not None and ran.kind == "command"  # what ran is always reported
+    later = gate.admit(commands.handle(junk, now_s=10, wall_s=WALL_S), 10.0)  # a token back
+    assert later is not None and later.fields["unreported_before"] == 2
+    assert (gate.done, gate.refused) == (1, 6)
 
 
 # -- signatures ---------------------------------------------------------------------------------

@@ -52,6 +52,9 @@ RATE_LIMITS = {
     "retake_reference": RateLimit(burst=3, per_min=3),
 }
 DEFAULT_RATE_LIMIT = RateLimit(burst=6, per_min=6)  # any other command
+# Refusals reported as events: 30 at once, then 30 a minute (a person's mistakes fit; a flood
+# of junk does not push real events out of the outbox).
+AUDIT_REFUSALS = RateLimit(burst=30, per_min=30)
 
 CommandHandler = Callable[[dict[str, Any]], dict[str, Any] | bytes]
 
@@ -304,6 +307,36 @@ class CommandRouter:
             "result" if kind == "command" else "reason": result,
         }
         return Event(kind, severity, message, fields, at_utc=utc_iso(wall_s))
+
+
+class AuditGate:
+    """Which audit events go out: every command that ran; refusals up to AUDIT_REFUSALS, the
+    rest counted, and the next one reported says how many were not (`unreported_before`).
+    Pure: `now_s` is monotonic seconds; the caller serialises calls."""
+
+    def __init__(self, limit: RateLimit = AUDIT_REFUSALS) -> None:
+        self._bucket = TokenBucket(limit)
+        self._unreported = 0
+        self.done = 0  # commands a handler ran
+        self.refused = 0  # commands refused before any handler
+
+    def admit(self, outcome: CommandOutcome, now_s: float) -> Event | None:
+        if outcome.executed:
+            self.done += 1
+            return outcome.audit
+        self.refused += 1
+        event = outcome.audit
+        if event is None:
+            return None
+        if not self._bucket.take(now_s):
+            self._unreported += 1
+            log.debug("command refusal not reported (too many): %s", event.message)
+            return None
+        if self._unreported:
+            fields = {**event.fields, "unreported_before": self._unreported}
+            event = Event(event.kind, event.severity, event.message, fields, event.at_utc)
+            self._unreported = 0
+        return event
 
 
 def _no_constant(name: str) -> Any:

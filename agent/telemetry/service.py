@@ -15,7 +15,7 @@ stream) and wakes the worker; it never waits for the network. One worker thread 
 heartbeats and drains the outbox; one more runs commands, so a slow handler never holds up
 paho's network thread. Every command, run or refused, becomes an audit event (`command`,
 `command_refused`: agent/telemetry/commands.py); refusals are themselves rate limited
-(AUDIT_REFUSALS), so a flood of junk cannot push real events out of the outbox.
+(`AuditGate`), so a flood of junk cannot push real events out of the outbox.
 """
 
 from __future__ import annotations
@@ -35,10 +35,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from agent.core.events import Event, utc_now_iso
 from agent.telemetry import payloads
 from agent.telemetry.channel import ChannelHooks, CommandRequest, TelemetryChannel
-from agent.telemetry.commands import CommandHandler, CommandOutcome, CommandRouter
+from agent.telemetry.commands import AuditGate, CommandHandler, CommandOutcome, CommandRouter
 from agent.telemetry.config import MqttConfig
 from agent.telemetry.jsonlines import JsonLinesChannel
-from agent.telemetry.limits import RateLimit, TokenBucket
 from agent.telemetry.mqtt_channel import MqttChannel
 from agent.telemetry.system import SystemStats
 
@@ -51,9 +50,6 @@ STOP_FLUSH_TIMEOUT_S = 3.0
 THREAD_JOIN_TIMEOUT_S = 5.0
 COMMAND_QUEUE_MAX = 8  # commands come from people, a few a minute; more waiting is a stuck handler
 WORKER_ERROR_PAUSE_S = 1.0  # after an unexpected error in the worker, before it tries again
-# Refused commands reported as events: 30 at once, then 30 a minute. Beyond that they are
-# counted (`commands_refused`) and the next reported one says how many went unreported.
-AUDIT_REFUSALS = RateLimit(burst=30, per_min=30)
 
 
 def open_channel(
@@ -101,9 +97,7 @@ class Telemetry:
             station_id, {**commands, "ping": self._ping}, channel.command_policy
         )
         self._audit_lock = threading.Lock()  # audits come from the command and paho threads
-        self._audit_refusals = TokenBucket(AUDIT_REFUSALS)
-        self._refusals_unreported = 0
-        self._commands_done = self._commands_refused = 0
+        self._audit_gate = AuditGate()
         self._heartbeat_seq = 0
         self._worker_errors = 0
         self._stop = threading.Event()
@@ -181,8 +175,8 @@ class Telemetry:
         return {
             **self._channel.state(),
             "worker_errors": self._worker_errors,
-            "commands_done": self._commands_done,
-            "commands_refused": self._commands_refused,
+            "commands_done": self._audit_gate.done,
+            "commands_refused": self._audit_gate.refused,
         }
 
     # -- payloads -----------------------------------------------------------------------------
@@ -298,24 +292,10 @@ class Telemetry:
             self._send_reply(request, outcome.reply)
 
     def _audit(self, outcome: CommandOutcome) -> None:
-        """The outcome's audit event, unless refusals come too fast to report each one."""
-        event = outcome.audit
         with self._audit_lock:
-            if outcome.executed:
-                self._commands_done += 1
-            else:
-                self._commands_refused += 1
-            if event is None:
-                return
-            if not outcome.executed:
-                if not self._audit_refusals.take(time.monotonic()):
-                    self._refusals_unreported += 1
-                    log.debug("command refusal not reported (too many): %s", event.message)
-                    return
-                if self._refusals_unreported:
-                    fields = {**event.fields, "unreported_before": self._refusals_unreported}
-                    event = Event(event.kind, event.severity, event.message, fields, event.at_utc)
-                    self._refusals_unreported = 0
+            event = self._audit_gate.admit(outcome, time.monotonic())
+        if event is None:
+            return
         log.log(logging.INFO if event.severity == "info" else logging.WARNING, "%s", event.message)
         self.emit(event)
 
