@@ -22,7 +22,13 @@ from agent.core.events import Event
 from agent.core.keys import parse_public_key
 from agent.service.config import config_from_dict, load_command_key
 from agent.telemetry import CommandError, CommandPolicy, CommandRequest, payloads
-from agent.telemetry.commands import AuditGate, CommandHandler, CommandOutcome, CommandRouter
+from agent.telemetry.commands import (
+    MAX_RETAINED_NAMES,
+    AuditGate,
+    CommandHandler,
+    CommandOutcome,
+    CommandRouter,
+)
 from agent.telemetry.limits import MAX_JSON_DEPTH, RateLimit, TokenBucket, json_too_deep
 from agent.telemetry.signing import (
     CLOCK_SKEW_S,
@@ -133,6 +139,25 @@ def test_retained_commands_never_run_and_are_reported_once_per_name() -> None:
     assert rec.calls == [] and all(o.reply is None and not o.executed for o in outcomes)
     assert [o.audit is not None for o in outcomes] == [True, False, True]
     assert audit_fields(outcomes[0])["reason"] == "retained"
+
+
+def test_retained_names_are_remembered_within_a_bound() -> None:
+    commands = router(Recorder())
+    outcomes = [
+        commands.handle(request(f"junk{n}", retained=True), now_s=0, wall_s=WALL_S)
+        for n in range(MAX_RETAINED_NAMES + 5)
+    ]
+    assert sum(o.audit is not None for o in outcomes) == MAX_RETAINED_NAMES
+
+
+def test_busy_reply_only_where_a_reply_may_go() -> None:
+    commands = router(Recorder())
+    busy = commands.refuse_busy(request("ping"), WALL_S)
+    assert error_code(busy) == "busy" and audit_fields(busy)["reason"] == "busy"
+    foreign = commands.refuse_busy(request("ping", response_topic="x/y"), WALL_S)
+    assert foreign.reply is None and audit_fields(foreign)["reason"] == "response_topic_refused"
+    retained = commands.refuse_busy(request("ping", retained=True), WALL_S)
+    assert retained.reply is None
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,7 +40,8 @@ log = logging.getLogger(__name__)
 MAX_COMMAND_PAYLOAD_BYTES = 4096
 SHOWN_CHARS = 64  # of a command name or correlation in replies, events and logs
 SHOWN_TOPIC_CHARS = 256
-MAX_RETAINED_NAMES = 16  # retained commands reported once per name, for this many names
+MAX_RETAINED_NAMES = 16  # retained commands reported once per name, for this many names (then
+# only counted): the names come from whoever publishes, the memory must not
 
 # What people do by hand, a few times a minute at most. Each restart_capture or
 # retake_reference costs seconds of coverage or the health baseline: 3 at once, then 3 a minute.
@@ -136,10 +138,11 @@ class CommandRouter:
         name = request.name
         if request.retained:
             first = name not in self._retained_seen
-            if first and len(self._retained_seen) < MAX_RETAINED_NAMES:
+            report = first and len(self._retained_seen) < MAX_RETAINED_NAMES
+            if report:
                 self._retained_seen.add(name)
             message = "retained commands are never run (they would run again at each reconnect)"
-            return self._refused(request, RETAINED, message, wall_s, reply=False, report=first)
+            return self._refused(request, RETAINED, message, wall_s, reply=False, report=report)
         refused = self.screen(request, wall_s)
         if refused is not None:
             return refused
@@ -158,7 +161,7 @@ class CommandRouter:
                 raise CommandRefused(
                     RATE_LIMITED,
                     f"{name} is limited to {limit.burst} at once and {limit.per_min:g} a "
-                    f"minute; try again in {bucket.wait_s(now_s):.0f} s",
+                    f"minute; try again in {math.ceil(bucket.wait_s(now_s))} s",
                 )
         except CommandRefused as refusal:
             return self._refused(request, refusal.code, refusal.message, wall_s, verified=verified)
@@ -178,6 +181,8 @@ class CommandRouter:
 
     def refuse_busy(self, request: CommandRequest, wall_s: float) -> CommandOutcome:
         """The queue is full: a `busy` reply (if the response topic is allowed). Stateless."""
+        if request.retained:  # never answered; reported (once) only when the queue takes it
+            return CommandOutcome(None, None, executed=False)
         screened = self.screen(request, wall_s)
         if screened is not None:
             return screened
