@@ -9,7 +9,15 @@ from pathlib import Path
 
 from agent import __version__
 from agent.core.config import ConfigError
-from agent.service.config import DEFAULT_CONFIG_PATH, AgentConfig, config_from_dict, load_config
+from agent.core.redact import redact_logging
+from agent.service.config import (
+    DEFAULT_CONFIG_PATH,
+    AgentConfig,
+    config_from_dict,
+    load_config,
+    load_secrets,
+    secret_values,
+)
 from agent.service.runner import serve
 from agent.tools import check_cli, health_cli, mask_cli, provision_cli, spool_cli, verify_cli
 
@@ -50,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    redact_logging()  # no log line carries a URL's password or token (agent/core/redact.py)
     try:
         return int(args.func(args))
     except ConfigError as exc:
@@ -75,6 +84,7 @@ def demo_config(output: Path) -> AgentConfig:
 
 def _run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
+    redact_logging(secret_values(cfg, load_secrets(cfg)))  # the secret files' contents too
     return serve(cfg, status_line=False, config_path=args.config)
 
 

@@ -16,11 +16,19 @@ from agent.capture.sources import grab_frame
 from agent.health.camera import write_reference
 from agent.service.config import config_from_dict
 from agent.tools import check_cli
-from agent.tools.check import CheckOptions, CheckResult, System, check_service, judge_picture
+from agent.tools.check import (
+    CheckOptions,
+    CheckResult,
+    System,
+    check_config,
+    check_service,
+    judge_picture,
+)
 from agent.tools.check_net import check_clock, judge_throughput
 from tests.peers.config import STATION, agent_config, write_toml
 from tests.peers.mosquitto import Mosquitto, MosquittoFactory
 from tests.peers.nginx import Nginx
+from tests.peers.pki import Pki, make_pki
 from tests.peers.ports import free_port
 
 TOKEN = "upl0ad-t0ken"  # noqa: S105 - a test credential
@@ -33,22 +41,31 @@ ORDER = [
 
 
 class Station:
-    """A good set-up: test camera with a reference picture, a mask, real nginx and mosquitto."""
+    """A good set-up: test camera with a reference picture, a mask, real nginx and mosquitto,
+    both over TLS (credentials in clear would be a WARN)."""
 
-    def __init__(self, tmp: Path, nginx: Nginx, broker: Mosquitto) -> None:
-        self.tmp, self.nginx, self.broker = tmp, nginx, broker
-        (tmp / "upload-token").write_text(TOKEN + "\n")
-        (tmp / "mqtt-password").write_text(MQTT_PASSWORD + "\n")
+    def __init__(self, tmp: Path, nginx: Nginx, broker: Mosquitto, pki: Pki) -> None:
+        self.tmp, self.nginx, self.broker, self.pki = tmp, nginx, broker, pki
+        for name, secret in (("upload-token", TOKEN), ("mqtt-password", MQTT_PASSWORD)):
+            (tmp / name).write_text(secret + "\n")
+            (tmp / name).chmod(0o600)
         write_reference(tmp / "reference.png", grab_frame("test:", 320, 240))
 
     def config(self, **changes: Any) -> dict[str, Any]:
         data = agent_config(
             self.tmp,
-            uplink={"http": {"url": self.nginx.url, "token_file": str(self.tmp / "upload-token")}},
+            uplink={
+                "http": {
+                    "url": self.nginx.url,
+                    "token_file": str(self.tmp / "upload-token"),
+                    "ca_file": str(self.pki.ca_cert),
+                }
+            },
             mqtt={
                 "url": self.broker.url,
                 "username": STATION,
                 "password_file": str(self.tmp / "mqtt-password"),
+                "ca_file": str(self.pki.ca_cert),
             },
             health={"reference_image": "reference.png"},
             privacy={"masks": [MASK]},
@@ -70,9 +87,10 @@ class Station:
 def station(
     tmp_path: Path, nginx_factory: Callable[..., Nginx], mosquitto_factory: MosquittoFactory
 ) -> Station:
-    nginx = nginx_factory(bearer_token=TOKEN)
-    broker = mosquitto_factory(users={STATION: MQTT_PASSWORD})
-    return Station(tmp_path, nginx, broker)
+    pki = make_pki(tmp_path / "pki")
+    nginx = nginx_factory(bearer_token=TOKEN, tls=pki)
+    broker = mosquitto_factory(users={STATION: MQTT_PASSWORD}, tls=pki)
+    return Station(tmp_path, nginx, broker, pki)
 
 
 def run_check(config: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, dict]:
@@ -139,7 +157,7 @@ def test_text_output_has_a_line_per_check(
 
 BROKEN = {
     "upload url: nothing listening": (
-        {"uplink__http__url": f"http://127.0.0.1:{free_port()}/ingest"},
+        {"uplink__http__url": f"https://127.0.0.1:{free_port()}/ingest"},
         "upload",
         "upload server cannot be reached",
     ),
@@ -163,7 +181,7 @@ def test_broken_setup_fails_the_right_line_with_its_fix(
     if variant == "wrong upload token":
         (station.tmp / "upload-token").write_text("not-the-token\n")
     if variant == "wrong mqtt password":
-        (station.tmp / "mqtt-password").write_text("wrong\n")
+        (station.tmp / "mqtt-password").write_text("not-the-password\n")
     if variant == "spool under a file":
         (station.tmp / "blocker").write_text("a regular file where a folder should be")
         changes = {"spool__path": str(station.tmp / "blocker" / "spool")}
@@ -284,3 +302,32 @@ def test_pause_service_stops_it_for_the_checks_and_starts_it_before_the_service_
         "systemctl is-active station-agent",
     ]
     assert results[-1].name == "service" and results[-1].result == "PASS"
+
+
+# --- issue 13: credentials in clear, secret files -----------------------------------------------
+
+
+def test_credentials_in_clear_fail_the_config_line_and_warn_when_allowed(tmp_path: Path) -> None:
+    token = tmp_path / "upload-token"
+    token.write_text(TOKEN + "\n")
+    token.chmod(0o600)
+    http = {"url": "http://127.0.0.1:9/ingest", "token_file": str(token)}
+    refused = write_toml(tmp_path / "refused.toml", agent_config(tmp_path, uplink={"http": http}))
+    result, cfg, _ = check_config(refused)
+    assert result.result == "FAIL" and cfg is None
+    assert "over http://" in result.detail and "allow_insecure" in result.detail
+    allowed = agent_config(tmp_path, uplink={"http": http | {"allow_insecure": True}})
+    result, cfg, _ = check_config(write_toml(tmp_path / "allowed.toml", allowed))
+    assert result.result == "WARN" and cfg is not None
+    assert "readable on the network" in result.detail and "https://" in (result.fix or "")
+
+
+def test_a_secret_file_others_can_read_fails_with_the_chmod(tmp_path: Path) -> None:
+    token = tmp_path / "upload-token"
+    token.write_text(TOKEN + "\n")
+    token.chmod(0o644)
+    http = {"url": "https://127.0.0.1:9/ingest", "token_file": str(token)}
+    config = write_toml(tmp_path / "config.toml", agent_config(tmp_path, uplink={"http": http}))
+    result, _, _ = check_config(config)
+    assert result.result == "FAIL" and str(token) in result.detail
+    assert result.fix == f"chmod 600 {token}"

@@ -96,8 +96,9 @@ def test_secret_file_problems_name_the_file_not_the_content(tmp_path: Path) -> N
 
     token = tmp_path / "token"
     token.write_text("")
+    token.chmod(0o600)
     cfg = config_from_dict(
-        agent_config(tmp_path, uplink={"http": {"url": "http://x/", "token_file": str(token)}})
+        agent_config(tmp_path, uplink={"http": {"url": "https://x/", "token_file": str(token)}})
     )
     with pytest.raises(ConfigError, match="token.*empty"):
         load_secrets(cfg)
@@ -113,9 +114,10 @@ def test_secret_files_with_a_bom_work_and_invisible_characters_are_refused(
 
     token = tmp_path / "token"
     cfg = config_from_dict(
-        agent_config(tmp_path, uplink={"http": {"url": "http://x/", "token_file": str(token)}})
+        agent_config(tmp_path, uplink={"http": {"url": "https://x/", "token_file": str(token)}})
     )
     token.write_bytes("\ufeffs3cret-token\n".encode())  # saved as "UTF-8 with BOM"
+    token.chmod(0o600)
     secret = load_secrets(cfg).http_token
     assert secret is not None and secret.get_secret_value() == "s3cret-token"
     token.write_text("s3cret\u00a0token\n")  # a pasted non-breaking space

@@ -66,6 +66,7 @@ def test_flags_mode_writes_a_valid_private_config_then_checks_it(
             "--mqtt-url",
             broker.url,
             "--mqtt-password-stdin",
+            "--allow-insecure",  # the test nginx and mosquitto speak plain http and mqtt
             "--spool-path",
             str(tmp_path / "spool"),
             "--output-dir",
@@ -206,3 +207,49 @@ def test_roster_with_station_provisions_this_box(
     assert (out / "reference.png").exists()
     missing = provision(["--roster", str(roster), "--station", "AZ-9999", "--output-dir", str(out)])
     assert missing == 2 and "AZ-9999" in capfd.readouterr().err
+
+
+# --- issue 13: safe files --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("station_id", ["..", ".", ".hidden"])
+def test_a_roster_row_cannot_name_a_parent_folder(
+    tmp_path: Path, station_id: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    usb = roster_dir(tmp_path)
+    roster = usb / "roster.csv"
+    roster.write_text(roster.read_text().replace("AZ-0002,", f"{station_id},", 1))
+    staged = tmp_path / "deep" / "staged"
+    assert provision(["--roster", str(roster), "--output-dir", str(staged)]) == 2
+    err = capfd.readouterr().err
+    assert "row 3, column station_id" in err and len(err.strip().splitlines()) == 1, err
+    assert not staged.exists() and not (tmp_path / "deep" / "config.toml").exists()
+
+
+def test_credentials_in_clear_need_allow_insecure(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--station-id", "AZ-1", "--camera", "test:", "--upload-url", "http://up.example/in"]
+    argv += ["--upload-token-stdin", "--output-dir", str(tmp_path), "--no-check", "--no-reference"]
+    assert provision(argv, stdin=f"{TOKEN}\n") == 2
+    err = capfd.readouterr().err
+    assert err.startswith("error: --upload-url:") and "--allow-insecure" in err
+    assert TOKEN not in err and not (tmp_path / "config.toml").exists()
+    assert provision([*argv, "--allow-insecure"], stdin=f"{TOKEN}\n") == 0
+    http = load_config(tmp_path / "config.toml").uplink.http
+    assert http is not None and http.allow_insecure
+
+
+def test_the_reference_picture_is_masked_and_private(tmp_path: Path) -> None:
+    from agent.capture.privacy import SOLID_FILL_LEVEL, PrivacyConfig
+    from agent.capture.sources import grab_frame
+    from agent.tools.provision import StationValues, write_station
+
+    frame = grab_frame("test:", 320, 240)  # colour bars: nothing near the fill's grey
+    privacy = PrivacyConfig.model_validate({"masks": [{"rect": [0.0, 0.0, 0.5, 0.5]}]})
+    values = StationValues(station_id="AZ-1", camera="test:", upload_url="file:///tmp/up")
+    write_station(values, tmp_path, tmp_path, frame, None, privacy)
+    reference = read_reference(tmp_path / "reference.png")
+    assert mode(tmp_path / "reference.png") == 0o600
+    assert (reference[8:112, 8:152] == SOLID_FILL_LEVEL).all(), "the booth is visible"
+    assert (reference[130:, 170:] != SOLID_FILL_LEVEL).any()  # outside the mask: the picture

@@ -146,7 +146,9 @@ def test_rejected_credential_keeps_recording_then_uploads_all_once_fixed(
     token = tmp_path / "upload-token"
     token.write_text("wrong-token\n")
     token.chmod(0o600)
-    cfg = uplink_config(tmp_path, server.url, token_file=str(token), rejected_backoff_s=1.0)
+    cfg = uplink_config(
+        tmp_path, server.url, token_file=str(token), rejected_backoff_s=1.0, allow_insecure=True
+    )
     running = run_agent(cfg)
     rejected = running.sink.wait_for("upload_rejected", timeout_s=30)
     assert rejected is not None and rejected.fields["status"] == 401
@@ -198,6 +200,7 @@ def test_https_with_client_certificate_and_token(
     pki = make_pki(tmp_path / "pki")
     token = tmp_path / "token"
     token.write_text("tls-token\n")
+    token.chmod(0o600)
     server = nginx_factory(tls=pki, require_client_cert=True, bearer_token="tls-token")  # noqa: S106
     assert server.url.startswith("https://")
     tls = {

@@ -20,6 +20,7 @@ from agent.capture.config import CaptureConfig
 from agent.capture.sources import FrameSource, SourceError
 from agent.core.backoff import floor_jitter_s
 from agent.core.events import Event, EventSink, utc_now_iso
+from agent.core.redact import redact_text, redact_url, url_secrets
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,9 @@ class Capture:
         self.outage_count = 0
         self.outages: deque[Outage] = deque(maxlen=MAX_OUTAGES_KEPT)
         self._arrivals: deque[float] = deque()
-        self._description = cfg.source
+        self._shown_source = redact_url(cfg.source)  # an IP camera URL may hold a password
+        self._source_secrets = url_secrets(cfg.source)
+        self._description = self._shown_source
         self._outage_started_s = 0.0
 
     def start(self) -> None:
@@ -133,7 +136,7 @@ class Capture:
             except SourceError as exc:
                 self._begin_outage(str(exc))
             except Exception as exc:  # OpenCV/FFmpeg can raise anything; never let it kill us
-                log.exception("capture source failed unexpectedly")
+                log.exception("capture source %s failed unexpectedly", self._shown_source)
                 self._begin_outage(f"unexpected error: {exc}")
             finally:
                 try:
@@ -149,7 +152,7 @@ class Capture:
             self.state = "reconnecting"
             delay_s = floor_jitter_s(attempt, REOPEN_BASE_S, self._cfg.reconnect_max_s, self._rng)
             attempt += 1
-            log.info("reopening %s in %.1f s (attempt %d)", self._cfg.source, delay_s, attempt)
+            log.info("reopening %s in %.1f s (attempt %d)", self._shown_source, delay_s, attempt)
             self._stop.wait(delay_s)
 
     def _read_until_failure(self, source: FrameSource, attempt: int) -> int:
@@ -183,6 +186,7 @@ class Capture:
             self._end_outage()
 
     def _begin_outage(self, reason: str) -> None:
+        reason = redact_text(reason, self._source_secrets)  # a library may quote the URL
         self.state = "reconnecting"
         if self.outages and self.outages[-1].end_utc is None:
             return  # still the same outage: the reopen failed again

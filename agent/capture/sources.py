@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Protocol
 
 import cv2
 import numpy as np
+
+from agent.core.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class OpenCvSource:
 
     def __init__(self, spec: str, width: int, height: int, fps: int) -> None:
         self._spec, self._width, self._height, self._fps = spec, width, height, fps
-        self.description = spec
+        self.description = redact_url(spec)  # shown in heartbeats: an IP camera's password never
         self._cap: cv2.VideoCapture | None = None
         self._is_file = spec.startswith("file:")
         self._next_s = 0.0
@@ -184,14 +185,6 @@ class OpenCvSource:
         if self._cap is not None:
             self._cap.release()
             self._cap = None
-
-
-def redact_url(spec: str) -> str:
-    """rtsp://user:secret@host/... -> rtsp://user:***@host/... (IP camera URLs carry passwords)."""
-    return _USERINFO.sub(r"\1***@", spec)
-
-
-_USERINFO = re.compile(r"(://[^:/@]+:)[^@/]*@")
 
 
 def open_source(spec: str, width: int, height: int, fps: int) -> FrameSource:

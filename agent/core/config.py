@@ -7,11 +7,24 @@ service/config.py assembles them and is the only place that reads the config fil
 
 from __future__ import annotations
 
+import os
+import pwd
 import re
+import stat
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, SecretStr, ValidationError
+
+from agent.core.redact import MASK, redact_text, redact_url, url_secrets
+
+SERVICE_USER = "station-agent"  # the system user the unit runs the agent as (install.sh)
+# A token, a password or a PEM key is a few KiB at most; anything bigger is the wrong file and
+# is not read whole (a 50 MB file named as a token would otherwise be read into memory).
+MAX_SECRET_BYTES = 64 * 1024
+ECHO_MAX_CHARS = 120  # a config error quotes at most this much of the offending value
+# Keys whose values are never echoed in a config error, whatever their shape.
+_URL_KEYS = ("source", "url")
 
 _SIZE_UNITS = {
     "": 1,
@@ -28,7 +41,16 @@ _SIZE_UNITS = {
 
 
 class ConfigError(Exception):
-    """A configuration problem a person can fix; the message is one line."""
+    """A configuration problem a person can fix; the message is one line (control characters
+    from the file, e.g. a line break inside a path, are shown escaped)."""
+
+    def __init__(self, message: str, fix: str | None = None) -> None:
+        super().__init__(one_line(message))
+        self.fix = fix  # what to run or edit, when it is one command (`check` shows it)
+
+
+def one_line(text: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def parse_size(value: object) -> int:
@@ -66,16 +88,99 @@ class Secrets(BaseModel):
     mqtt_password: SecretStr | None = None
 
 
-def read_secret(path: Path, what: str, header_safe: bool = False) -> SecretStr:
-    """Read a secret file (first line, stripped); errors name the file, never the content.
-    utf-8-sig: editors on technicians' laptops add a byte-order mark. `header_safe` secrets go
-    into HTTP headers, so only visible ASCII is allowed there (a pasted non-breaking space
-    would otherwise stop every upload)."""
+def trusted_owners() -> set[int]:
+    """Who may own a secret file: root, whoever runs this program and the service user (so
+    `sudo station-agent check` judges a file as the service will)."""
+    owners = {0, os.geteuid()}
     try:
-        text = path.read_text(encoding="utf-8-sig").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError(f"{path}: cannot read the {what}: {detail}") from None
+        owners.add(pwd.getpwnam(SERVICE_USER).pw_uid)
+    except KeyError:
+        pass  # not installed by install.sh (a laptop, a test machine)
+    return owners
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _file_problem(
+    path: Path, st: os.stat_result, what: str, private: bool = True
+) -> ConfigError | None:
+    """Why a secret file must not be used (with the command that fixes it), or None."""
+    if not stat.S_ISREG(st.st_mode):
+        return ConfigError(f"{path}: the {what} file is not a regular file")
+    if private and st.st_uid not in trusted_owners():
+        owner = SERVICE_USER if os.geteuid() == 0 else _user_name(os.geteuid())
+        fix = f"sudo chown {owner}: {path}"
+        return ConfigError(
+            f"{path}: the {what} file belongs to {_user_name(st.st_uid)}, who could change it; "
+            f"it must belong to root or {owner}: run `{fix}`",
+            fix=fix,
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if private and mode & 0o077:
+        fix = f"chmod 600 {path}"
+        return ConfigError(
+            f"{path}: other users can read or change the {what} file (mode {mode:04o}): "
+            f"run `{fix}`",
+            fix=fix,
+        )
+    if st.st_size > MAX_SECRET_BYTES:
+        return ConfigError(
+            f"{path}: the {what} file is {st.st_size} bytes, more than a secret file holds "
+            f"({MAX_SECRET_BYTES // 1024} KiB): is it the right file?"
+        )
+    return None
+
+
+def check_secret_file(path: Path, what: str) -> None:
+    """Raises ConfigError unless `path` is a regular file, owned by a trusted user, with no
+    group/other permissions and at most MAX_SECRET_BYTES (for files others read, e.g. TLS
+    keys)."""
+    try:
+        st = path.stat()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read the {what}: {_reason(exc)}") from None
+    problem = _file_problem(path, st, what)
+    if problem is not None:
+        raise problem
+
+
+def _reason(exc: Exception) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+
+
+def read_secret(
+    path: Path, what: str, header_safe: bool = False, private: bool = True
+) -> SecretStr:
+    """Read a secret file (first line, stripped); errors name the file, never the content.
+    `private` (the agent's own secrets): the file must pass `check_secret_file`'s rules,
+    checked on the opened file; the technician's input files for `provision` are only
+    size-capped. utf-8-sig: editors on technicians' laptops add a byte-order mark.
+    `header_safe` secrets go into HTTP headers, so only visible ASCII is allowed there (a
+    pasted non-breaking space would otherwise stop every upload)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not hang
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read the {what}: {_reason(exc)}") from None
+    try:
+        problem = _file_problem(path, os.fstat(fd), what, private)
+        if problem is not None:
+            raise problem
+        raw = os.read(fd, MAX_SECRET_BYTES + 1)  # never more, even if it grew meanwhile
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the {what}: {_reason(exc)}") from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_SECRET_BYTES:
+        raise ConfigError(f"{path}: the {what} file grew past {MAX_SECRET_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8-sig").strip()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: cannot read the {what}: {exc}") from None
     if not text:
         raise ConfigError(f"{path}: the {what} file is empty")
     value = text.splitlines()[0].strip()
@@ -88,18 +193,46 @@ def read_secret(path: Path, what: str, header_safe: bool = False) -> SecretStr:
 
 
 def describe_validation_error(exc: ValidationError) -> str:
-    """The first problem as 'key 'a.b': what is wrong' (+ how many more)."""
+    """The first problem as 'key 'a.b': what is wrong' (+ how many more). Credentials in the
+    offending value (a URL's password or token, any value of a *password*/*token* key) are
+    replaced by ***, in the echoed value and in the validator's own words alike."""
     errors = exc.errors()
     first = errors[0]
     key = ".".join(str(part) for part in first["loc"]) or "(top level)"
     kind = first["type"]
+    value = first.get("input")
+    secrets = _value_secrets(first["loc"], value)
     if kind == "missing":
         what = "is required but missing"
     elif kind == "extra_forbidden":
         what = "is not a known setting (check the spelling)"
     else:
         what = first["msg"].removeprefix("Value error, ")
-        if "input" in first and not isinstance(first["input"], dict | list | tuple):
-            what += f" (got {first['input']!r})"
+        if "input" in first and not isinstance(value, dict | list | tuple):
+            what += f" (got {_echo(first['loc'], value)})"
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-    return f"key '{key}': {what}{more}"
+    return redact_text(f"key '{key}': {what}{more}", secrets)
+
+
+def _is_secret_key(loc: tuple[int | str, ...]) -> bool:
+    name = str(loc[-1]) if loc else ""
+    return any(word in name.lower() for word in ("password", "token", "secret"))
+
+
+def _value_secrets(loc: tuple[int | str, ...], value: object) -> list[str]:
+    if not isinstance(value, str):
+        return []
+    if _is_secret_key(loc):
+        return [value]
+    return url_secrets(value)
+
+
+def _echo(loc: tuple[int | str, ...], value: object) -> str:
+    if _is_secret_key(loc):
+        return MASK
+    if isinstance(value, str) and (str(loc[-1]) in _URL_KEYS or "://" in value):
+        value = redact_url(value)
+    text = repr(value)
+    if len(text) > ECHO_MAX_CHARS:
+        text = text[: ECHO_MAX_CHARS - 3] + "..."
+    return text

@@ -20,8 +20,16 @@ from pydantic import Field, SecretStr, ValidationError
 from agent.adapt.ladder import AdaptConfig
 from agent.capture.config import CaptureConfig
 from agent.capture.privacy import PrivacyConfig
-from agent.core.config import ConfigError, Secrets, Section, describe_validation_error, read_secret
+from agent.core.config import (
+    ConfigError,
+    Secrets,
+    Section,
+    check_secret_file,
+    describe_validation_error,
+    read_secret,
+)
 from agent.core.keys import parse_public_key
+from agent.core.redact import url_secrets
 from agent.encode.config import EncodeConfig
 from agent.health.config import HealthConfig
 from agent.spool.config import SpoolConfig
@@ -29,8 +37,13 @@ from agent.telemetry.config import MqttConfig
 from agent.uplink.config import UplinkConfig
 
 DEFAULT_CONFIG_PATH = Path("/etc/station-agent/config.toml")
+# Letters, digits, . _ - and a letter or digit first: the id names a folder (provision), a URL
+# path level and MQTT topic levels, so "." and ".." (the parent folder) must never pass.
+STATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# A station's config is a few KiB (with privacy masks a few tens); a bigger file is not a
+# config, and is not read whole.
+MAX_CONFIG_BYTES = 1024 * 1024
 MAX_COMMAND_KEY_BYTES = 4096  # a PEM public key is ~113 bytes
-STATION_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 
 
 class WatchdogConfig(Section):
@@ -76,14 +89,7 @@ class AgentConfig(Section):
 
 def load_config(path: Path) -> AgentConfig:
     """Read and validate the TOML file at `path`."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the file: {exc.strerror or exc}") from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    data = load_toml(path)
     cfg = config_from_dict(data, source=str(path))
     reference = cfg.health.reference_image
     if reference is not None and not reference.is_absolute():
@@ -93,14 +99,41 @@ def load_config(path: Path) -> AgentConfig:
     return cfg
 
 
+def load_toml(path: Path) -> dict[str, Any]:
+    """The TOML file at `path` as a dict. Whatever the file holds (binary garbage, thousands of
+    nested arrays, a 5,000-digit integer, a gigabyte), the only exception is ConfigError."""
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the file: {exc.strerror or exc}") from None
+    except ValueError as exc:  # e.g. a NUL byte in the path
+        raise ConfigError(f"{path}: cannot read the file: {exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        limit_kib = MAX_CONFIG_BYTES // 1024
+        raise ConfigError(f"{path}: larger than {limit_kib} KiB: not a station config")
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except ValueError as exc:  # a value TOML allows but Python refuses: a 5,000-digit integer
+        raise ConfigError(f"{path}: not a usable TOML value: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: arrays or tables nested too deeply") from None
+
+
 def config_from_dict(data: dict[str, Any], source: str = "<config>") -> AgentConfig:
     try:
         return AgentConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: values nested too deeply") from None
 
 
 def load_secrets(cfg: AgentConfig) -> Secrets:
+    """The secret files' contents. Each file (the TLS client keys too, which the TLS library
+    reads later) must belong to root or the service user and be readable by nobody else."""
     http = cfg.uplink.http
     values: dict[str, SecretStr] = {}
     if http is not None and http.token_file is not None:
@@ -109,9 +142,37 @@ def load_secrets(cfg: AgentConfig) -> Secrets:
         values["http_password"] = read_secret(
             http.password_file, "upload password", header_safe=True
         )
+    if http is not None and http.key_file is not None:
+        check_secret_file(http.key_file, "upload client key")
     if cfg.mqtt is not None and cfg.mqtt.password_file is not None:
         values["mqtt_password"] = read_secret(cfg.mqtt.password_file, "MQTT password")
+    if cfg.mqtt is not None and cfg.mqtt.key_file is not None:
+        check_secret_file(cfg.mqtt.key_file, "MQTT client key")
     return Secrets(**values)
+
+
+def secret_values(cfg: AgentConfig, secrets: Secrets) -> list[str]:
+    """Every credential this station knows, as text: what must never be shown anywhere (the
+    secret files' contents and the passwords and tokens inside configured URLs)."""
+    found = [s.get_secret_value() for s in (secrets.http_token, secrets.http_password) if s]
+    if secrets.mqtt_password is not None:
+        found.append(secrets.mqtt_password.get_secret_value())
+    urls = [cfg.capture.source]
+    urls += [cfg.uplink.http.url] if cfg.uplink.http is not None else []
+    urls += [cfg.mqtt.url] if cfg.mqtt is not None else []
+    return found + [value for url in urls for value in url_secrets(url)]
+
+
+def plaintext_credentials(cfg: AgentConfig) -> list[str]:
+    """Credentials that cross the network unencrypted because `allow_insecure = true` lets
+    them (without it the config is refused): for `check` to warn about."""
+    found = []
+    http = cfg.uplink.http
+    if http is not None and http.sends_plaintext_credentials:
+        found.append(f"[uplink.http] sends its credential over {http.url.split(':')[0]}://")
+    if cfg.mqtt is not None and cfg.mqtt.sends_plaintext_credentials:
+        found.append("[mqtt] sends its password over mqtt://")
+    return found
 
 
 def load_command_key(cfg: AgentConfig) -> Ed25519PublicKey | None:

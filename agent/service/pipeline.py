@@ -24,6 +24,7 @@ from agent.capture.sources import open_source
 from agent.core.clock import parse_utc, utc_iso
 from agent.core.config import Secrets
 from agent.core.events import Event, EventFanout
+from agent.core.redact import redact_url
 from agent.encode.loop import BoundaryFigures, EncodeLoop
 from agent.health.camera import CameraHealth, read_reference
 from agent.service.config import AgentConfig
@@ -248,7 +249,7 @@ class Pipeline:
     def summary(self) -> dict[str, Any]:
         """What this station is set up to do (retained status message)."""
         return {
-            "source": self.cfg.capture.source,
+            "source": redact_url(self.cfg.capture.source),  # retained: never a password
             "ladder_top": self.controller.ladder[-1].name,
             "ladder_bottom": self.controller.ladder[0].name,
             "uplinks": [output.name for output in self.outputs],

@@ -7,6 +7,7 @@ cert_file = "/etc/station-agent/mqtt.crt"     # mTLS client certificate (with ke
 key_file = "/etc/station-agent/mqtt.key"
 username = "AZ-0001"
 password_file = "/etc/station-agent/mqtt-password"   # read by agent.service.config, never here
+allow_insecure = false                    # true: a password over mqtt:// (tests only)
 prefix = "stations"
 heartbeat_s = 10
 keepalive_s = 30
@@ -76,6 +77,9 @@ class MqttConfig(Section):
     # Ceiling of the jittered reconnect delay. 60 s: a restarted broker sees 1,000 boxes spread
     # over a minute (about 17 connects/s) while a box still reconnects within a minute.
     reconnect_max_s: float = Field(60.0, ge=1.0, le=600.0)
+    # A password over plain mqtt:// crosses the network readable by anyone on the way: refused
+    # unless this is set (a test bench, a broker on the same box).
+    allow_insecure: bool = False
     # Command replies go only to response topics under this prefix + "/" (default
     # {prefix}/{station_id}/reply, which the documented broker ACL lets the station write).
     reply_prefix: str | None = Field(None, max_length=256)
@@ -106,7 +110,16 @@ class MqttConfig(Section):
         uses_tls_files = self.ca_file or self.cert_file
         if uses_tls_files and not self.broker.tls:
             raise ValueError("ca_file/cert_file/key_file need an mqtts:// url")
+        if self.password_file is not None and not self.broker.tls and not self.allow_insecure:
+            raise ValueError(
+                "password_file over mqtt:// would send the password in clear: use an mqtts:// "
+                "url (or set allow_insecure = true in [mqtt], for a test set-up only)"
+            )
         return self
+
+    @property
+    def sends_plaintext_credentials(self) -> bool:
+        return self.password_file is not None and not self.broker.tls
 
     @property
     def broker(self) -> BrokerAddress:

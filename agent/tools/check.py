@@ -29,12 +29,13 @@ import numpy as np
 
 from agent.adapt.ladder import Rung, build_ladder
 from agent.capture.privacy import PrivacyMasker, coverage_share
-from agent.capture.sources import SourceError, TestPatternSource, open_source, redact_url
+from agent.capture.sources import SourceError, TestPatternSource, open_source
 from agent.core.config import ConfigError, Secrets
 from agent.core.events import DiscardSink
+from agent.core.redact import redact_data, redact_text, redact_url
 from agent.encode.encoder import PTS_HZ, EncoderError, open_video_encoder
 from agent.health.camera import CameraHealth, read_reference
-from agent.service.config import AgentConfig, load_config, load_secrets
+from agent.service.config import AgentConfig, load_config, load_secrets, plaintext_credentials
 from agent.tools.mask_cli import render_preview
 
 log = logging.getLogger(__name__)
@@ -150,13 +151,31 @@ def check_config(path: Path) -> tuple[CheckResult, AgentConfig | None, Secrets |
         cfg = load_config(path)
         secrets = load_secrets(cfg)
     except ConfigError as exc:
-        fix = (
+        fix = exc.fix or (
             f"Edit {path} (compare with /etc/station-agent/config.example.toml) or run "
             "`sudo station-agent provision` again."
         )
         return CheckResult("config", "FAIL", str(exc), fix), None, None
     detail = f"{path} is valid (station {cfg.station_id})"
-    return CheckResult("config", "PASS", detail, data={"station_id": cfg.station_id}), cfg, secrets
+    data = {"station_id": cfg.station_id}
+    insecure = plaintext_credentials(cfg)
+    if insecure:
+        detail += f"; allow_insecure: {'; '.join(insecure)}, readable on the network"
+        fix = "Use https:// and mqtts:// URLs, then remove allow_insecure (test set-ups only)."
+        return CheckResult("config", "WARN", detail, fix, data), cfg, secrets
+    return CheckResult("config", "PASS", detail, data=data), cfg, secrets
+
+
+def redact_result(result: CheckResult, secrets: list[str]) -> CheckResult:
+    """The result with every URL credential and known secret value replaced by ***: check's
+    output is pasted into chats and tickets."""
+    return CheckResult(
+        result.name,
+        result.result,
+        redact_text(result.detail, secrets),
+        None if result.fix is None else redact_text(result.fix, secrets),
+        redact_data(result.data, secrets),
+    )
 
 
 # --- camera ----------------------------------------------------------------------------------

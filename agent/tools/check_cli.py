@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from agent.core.config import Secrets
-from agent.service.config import DEFAULT_CONFIG_PATH, AgentConfig
+from agent.service.config import DEFAULT_CONFIG_PATH, AgentConfig, secret_values
 from agent.tools import check_net
 from agent.tools.check import (
     DEFAULT_HOURS,
@@ -31,6 +31,7 @@ from agent.tools.check import (
     check_picture,
     check_service,
     check_spool,
+    redact_result,
 )
 
 NEED_CONFIG = ("camera", "picture", "encoder", "upload", "throughput", "mqtt", "clock", "spool")
@@ -112,7 +113,10 @@ def run_checks(
     system = options.system
     results: list[CheckResult] = []
 
+    hidden: list[str] = []  # the station's secrets, once the config is loaded
+
     def add(result: CheckResult) -> None:
+        result = redact_result(result, hidden)
         results.append(result)
         if on_result is not None:
             on_result(result)
@@ -126,6 +130,8 @@ def run_checks(
 
     add(bounded("config", LIMITS_S["config"], config_check))
     cfg, secrets = loaded[0] if loaded else (None, None)
+    if cfg is not None and secrets is not None:
+        hidden.extend(secret_values(cfg, secrets))
     paused = options.pause_service and system.systemd()
     if paused:  # one program at a time can read a USB camera
         system.run(["systemctl", "stop", SERVICE], STOP_START_TIMEOUT_S)

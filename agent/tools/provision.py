@@ -13,7 +13,6 @@ import csv
 import grp
 import os
 import pwd
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,11 +23,11 @@ import numpy as np
 import tomlkit
 from pydantic import SecretStr, ValidationError
 
-from agent.capture.privacy import PrivacyConfig
+from agent.capture.privacy import PrivacyConfig, PrivacyMasker
 from agent.core.config import ConfigError, describe_validation_error, read_secret
 from agent.core.durable import write_atomic
 from agent.health.camera import encode_reference
-from agent.service.config import DEFAULT_CONFIG_PATH, AgentConfig
+from agent.service.config import DEFAULT_CONFIG_PATH, AgentConfig, load_toml
 from agent.tools.mask_cli import privacy_table
 
 CONFIG_NAME = DEFAULT_CONFIG_PATH.name
@@ -82,6 +81,7 @@ class StationValues:
     mqtt_password: SecretStr | None = None
     mqtt_prefix: str | None = None
     spool_path: Path = DEFAULT_SPOOL
+    allow_insecure: bool = False  # credentials over http:// / mqtt:// (test set-ups only)
 
 
 def config_data(values: StationValues, install_dir: Path, reference: bool) -> dict[str, Any]:
@@ -89,6 +89,8 @@ def config_data(values: StationValues, install_dir: Path, reference: bool) -> di
     http: dict[str, Any] = {"url": values.upload_url}
     if values.upload_token is not None:
         http["token_file"] = str(install_dir / UPLOAD_TOKEN_NAME)
+        if values.allow_insecure and values.upload_url.startswith("http://"):
+            http["allow_insecure"] = True
     data: dict[str, Any] = {
         "station_id": values.station_id,
         "capture": {
@@ -106,6 +108,8 @@ def config_data(values: StationValues, install_dir: Path, reference: bool) -> di
             mqtt["username"] = values.mqtt_username
         if values.mqtt_password is not None:
             mqtt["password_file"] = str(install_dir / MQTT_PASSWORD_NAME)
+            if values.allow_insecure and values.mqtt_url.startswith("mqtt://"):
+                mqtt["allow_insecure"] = True
         if values.mqtt_prefix:
             mqtt["prefix"] = values.mqtt_prefix
         data["mqtt"] = mqtt
@@ -119,6 +123,17 @@ def validate(values: StationValues, install_dir: Path, name_of: Callable[[str], 
     value."""
     if values.mqtt_password is not None and not values.mqtt_url:
         raise ProvisionError(f"{name_of('mqtt.url')}: an MQTT password needs an MQTT URL")
+    in_clear = (
+        ("uplink.http.url", "an upload token", "https://", values.upload_token, values.upload_url),
+        ("mqtt.url", "an MQTT password", "mqtts://", values.mqtt_password, values.mqtt_url or ""),
+    )
+    for key, what, secure, secret, url in in_clear:
+        scheme = secure.replace("s://", "://")
+        if secret is not None and url.startswith(scheme) and not values.allow_insecure:
+            raise ProvisionError(
+                f"{name_of(key)}: {what} over {scheme} is sent in clear: use {secure} "
+                "(or --allow-insecure, for a test set-up only)"
+            )
     try:
         AgentConfig.model_validate(config_data(values, install_dir, reference=True))
     except ValidationError as exc:
@@ -160,10 +175,11 @@ def _refuse_control_characters(value: Any) -> None:
 
 def existing_privacy(config_path: Path) -> PrivacyConfig | None:
     """The masks of a config being replaced (re-provisioning must not drop them)."""
+    if not config_path.exists():
+        return None
     try:
-        data = tomllib.loads(config_path.read_text(encoding="utf-8"))
-        return PrivacyConfig.model_validate(data.get("privacy", {}))
-    except (OSError, tomllib.TOMLDecodeError, ValidationError):
+        return PrivacyConfig.model_validate(load_toml(config_path).get("privacy", {}))
+    except (ConfigError, ValidationError):
         return None
 
 
@@ -219,9 +235,11 @@ def write_station(
             path = output_dir / name
             write_private(path, (secret.get_secret_value() + "\n").encode(), owner)
             written.append(path)
-    if reference_frame is not None:
+    if reference_frame is not None:  # the room as the camera sees it: masked like the stream
+        masked = np.ascontiguousarray(reference_frame).copy()
+        PrivacyMasker(privacy or PrivacyConfig()).apply(masked)
         path = output_dir / REFERENCE_NAME
-        write_private(path, encode_reference(reference_frame, path.suffix), owner)
+        write_private(path, encode_reference(masked, path.suffix), owner)
         written.append(path)
     data = config_data(values, install_dir, reference=reference_frame is not None)
     config_path = output_dir / CONFIG_NAME
@@ -298,7 +316,7 @@ def row_values(row: RosterRow, roster_path: Path) -> StationValues:
         path = Path(cells[column])
         path = path if path.is_absolute() else roster_path.parent / path
         try:
-            return read_secret(path, what)
+            return read_secret(path, what, private=False)  # copied into a 0600 file
         except ConfigError as exc:
             raise fail(column, str(exc)) from None
 

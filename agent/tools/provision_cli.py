@@ -93,6 +93,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace an existing config")
     p.add_argument("--no-reference", action="store_true", help="do not take a reference picture")
+    p.add_argument(
+        "--allow-insecure", action="store_true",
+        help="accept a token over http://, a password over mqtt:// (sent in clear: tests only)",
+    )  # fmt: skip
     p.add_argument("--no-check", action="store_true", help="do not run check afterwards")
     p.set_defaults(func=run)
 
@@ -155,6 +159,7 @@ def gather(args: argparse.Namespace, stdin: TextIO) -> StationValues:
         mqtt_password=mqtt_password,
         mqtt_prefix=args.mqtt_prefix,
         spool_path=args.spool_path or DEFAULT_SPOOL,
+        allow_insecure=args.allow_insecure,
     )
     validate(values, _install_dir(args), _flag_name)
     return values
@@ -181,7 +186,7 @@ def _hidden(label: str) -> SecretStr | None:
 def _secret(path: Path | None, from_stdin: bool, stdin: TextIO, what: str) -> SecretStr | None:
     if path is not None:
         try:
-            return read_secret(path, what)
+            return read_secret(path, what, private=False)  # copied into a 0600 file
         except ConfigError as exc:
             raise ProvisionError(str(exc)) from None
     if from_stdin:

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field, FilePath, field_validator, model_validator
 
 from agent.core.config import Section
+from agent.core.redact import redact_url
 
 
 class HttpUplinkConfig(Section):
@@ -25,14 +26,17 @@ class HttpUplinkConfig(Section):
     backoff_max_s: float = Field(2.0, ge=0.1, le=600)
     timeout_s: float | None = Field(None, gt=0, le=600)  # stall limit; default 5 segments, >= 10 s
     rejected_backoff_s: float = Field(60.0, ge=0.5, le=3600)
+    # A token or password over plain http:// crosses the network readable by anyone on the way:
+    # refused unless this is set (a test bench, a server on the same box).
+    allow_insecure: bool = False
 
     @field_validator("url")
     @classmethod
     def _scheme(cls, value: str) -> str:
-        if not re.match(r"^(https?://[^/@]+(/|$)|file:///?)", value):
+        if not re.match(r"^(https?://[^/@]+(/|$)|file:///?)", value) or redact_url(value) != value:
             raise ValueError(
-                f"{value!r} must be an http://, https:// or file:// URL without user:password "
-                "(credentials go in token_file or password_file)"
+                f"{redact_url(value)!r} must be an http://, https:// or file:// URL without "
+                "user:password (credentials go in token_file or password_file)"
             )
         return value.rstrip("/")
 
@@ -42,7 +46,18 @@ class HttpUplinkConfig(Section):
             raise ValueError("cert_file and key_file go together (client certificate)")
         if self.password_file is not None and not self.username:
             raise ValueError("password_file needs a username (basic auth)")
+        if self.sends_plaintext_credentials and not self.allow_insecure:
+            raise ValueError(
+                "a token_file or password_file over http:// would send the credential in "
+                "clear: use an https:// url (or set allow_insecure = true in [uplink.http], "
+                "for a test set-up only)"
+            )
         return self
+
+    @property
+    def sends_plaintext_credentials(self) -> bool:
+        has_credential = self.token_file is not None or self.password_file is not None
+        return has_credential and self.url.startswith("http://")
 
 
 class UplinkConfig(Section):

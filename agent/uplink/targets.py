@@ -20,6 +20,7 @@ import httpx
 
 from agent.core.config import Secrets
 from agent.core.durable import write_atomic
+from agent.core.redact import redact_url
 from agent.uplink.config import HttpUplinkConfig
 
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504, 507}
@@ -80,7 +81,7 @@ class HttpTarget:
         self, cfg: HttpUplinkConfig, station_id: str, secrets: Secrets, segment_s: float
     ) -> None:
         self._base = f"{cfg.url}/{quote(station_id)}"
-        self.description = cfg.url
+        self.description = redact_url(cfg.url)  # shown in events and `check`
         self._cfg = cfg
         # connect within about one segment; a write or a response may take longer on a thin
         # link but must keep moving (httpx applies write/read timeouts per socket operation)
