@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -441,3 +445,63 @@ def test_cli_take_reference(
     picture = cv2.imread(str(out))
     assert picture is not None and picture.shape == (240, 320, 3)
     assert "reference picture saved" in capsys.readouterr().out
+
+
+def test_cli_take_reference_is_masked_and_private(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 13: the reference picture shows the room; it is masked like the stream and 0600,
+    with the masks of --config or else of the config.toml beside it."""
+    from agent.capture.privacy import SOLID_FILL_LEVEL
+
+    masked = "[privacy]\nmasks = [{ rect = [0.0, 0.0, 0.5, 0.5] }]\n"
+    masked += "[capture]\nwidth = 320\nheight = 240\n"
+    config = tmp_path / "station.toml"
+    config.write_text(masked)
+    out = tmp_path / "given" / "reference.png"
+    out.parent.mkdir()
+    assert _cli(["health", "test:", "--config", str(config), "--take-reference", str(out)]) == 0
+    beside = tmp_path / "beside" / "reference.png"
+    beside.parent.mkdir()
+    (beside.parent / "config.toml").write_text(masked)
+    assert _cli(["health", "test:", "--take-reference", str(beside)]) == 0
+    assert "1 privacy mask(s) applied" in capsys.readouterr().out
+    for path in (out, beside):
+        picture = cv2.imread(str(path))
+        assert picture is not None and picture.shape == (240, 320, 3)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert (picture[8:112, 8:152] == SOLID_FILL_LEVEL).all(), "the booth is visible"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root")
+def test_the_service_rewrites_its_reference_in_a_folder_it_cannot_write() -> None:
+    """retake_reference under the unit: the config folder is root's and only the picture is
+    granted to the service (ReadWritePaths=), so it is rewritten in place, still 0600."""
+    with tempfile.TemporaryDirectory() as top:  # pytest's tmp_path is root-only (0700)
+        Path(top).chmod(0o755)
+        _rewrite_as_nobody(Path(top) / "etc")
+
+
+def _rewrite_as_nobody(folder: Path) -> None:
+    folder.mkdir(mode=0o755)
+    picture = folder / "reference.png"
+    picture.write_bytes(b"old")
+    nobody = 65534
+    os.chown(picture, nobody, nobody)
+    picture.chmod(0o644)
+    script = (
+        "import numpy as np, sys; from pathlib import Path; "
+        "from agent.health.camera import write_reference; "
+        "write_reference(Path(sys.argv[1]), np.full((24, 32, 3), 77, np.uint8))"
+    )
+    done = subprocess.run(
+        ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups",
+         sys.executable, "-c", script, str(picture)],
+        capture_output=True, text=True, timeout=60, check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE(picture.stat().st_mode) == 0o600 and picture.stat().st_uid == nobody
+    image = cv2.imread(str(picture))
+    assert image is not None and image.shape == (24, 32, 3) and (image == 77).all()
+    assert sorted(p.name for p in folder.iterdir()) == ["reference.png"]  # no temporary left

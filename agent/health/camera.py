@@ -13,8 +13,11 @@ need a usable picture (frozen, blurred, moved) are neither raised nor cleared.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import os
+import pwd
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -25,7 +28,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agent.core.durable import rewrite_atomic
+from agent.core.config import SERVICE_USER
+from agent.core.durable import write_atomic
 from agent.core.events import Event, EventSink
 from agent.health import metrics as hm
 from agent.health.config import HealthConfig
@@ -111,6 +115,9 @@ class _Geometry:
     reference_sharpness: float | None
 
 
+REFERENCE_MODE = 0o600  # the reference picture shows the room: the service and root only
+
+
 def read_reference(path: Path) -> np.ndarray:
     """The reference picture (BGR) from an image file; raises OSError when unreadable."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -128,9 +135,50 @@ def encode_reference(frame_bgr: np.ndarray, suffix: str = ".png") -> bytes:
 
 
 def write_reference(path: Path, frame_bgr: np.ndarray) -> None:
-    """Stores a reference picture next to the config (PNG or JPEG by the file's suffix),
-    atomically and durably; a replaced picture keeps its mode and owner."""
-    rewrite_atomic(path, encode_reference(frame_bgr, path.suffix))
+    """Stores a reference picture next to the config (PNG or JPEG by the file's suffix), mode
+    0600 (it shows the room: callers mask it first), atomically and durably. Written by root
+    (`sudo station-agent health --take-reference`), the file belongs to the service user, who
+    must read it; a replaced file keeps its owner.
+
+    The running service (`retake_reference`) may not create files in its config folder (the
+    unit grants it only the picture itself, and the folder is root's), but it owns the picture:
+    then the picture is rewritten in place. A power cut in the middle leaves a picture that
+    does not decode; the agent reports it at start and runs without it."""
+    data = encode_reference(frame_bgr, path.suffix)
+    try:
+        write_atomic(path, data, mode=REFERENCE_MODE, owner=_reference_owner(path))
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not path.is_file():
+            raise
+        _rewrite_in_place(path, data)
+
+
+def _reference_owner(path: Path) -> tuple[int, int] | None:
+    if os.geteuid() != 0:
+        return None  # ours, as any file we create
+    try:
+        st = path.stat()
+        return st.st_uid, st.st_gid
+    except FileNotFoundError:
+        pass
+    try:
+        user = pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        return None  # no service user here (a laptop, a test machine): root's
+    return user.pw_uid, user.pw_gid
+
+
+def _rewrite_in_place(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, REFERENCE_MODE)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class CameraHealth:

@@ -12,7 +12,6 @@ import argparse
 import json
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,14 @@ import cv2
 import numpy as np
 from pydantic import ValidationError
 
-from agent.capture.sources import SourceError, grab_frame, open_source, redact_url
+from agent.capture.privacy import PrivacyConfig, PrivacyMasker
+from agent.capture.sources import SourceError, grab_frame, open_source
+from agent.core.config import ConfigError, describe_validation_error
 from agent.core.events import Event
+from agent.core.redact import redact_url
 from agent.health.camera import CameraHealth, read_reference, write_reference
 from agent.health.config import HealthConfig
+from agent.service.config import load_toml
 
 LIVE_SCHEMES = ("v4l2:", "rtsp://", "rtsps://", "http://", "https://", "test:")
 DEFAULT_SIZE = (1280, 720, 30)  # live sources without a [capture] section: the agent's default
@@ -96,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         table = _load_toml(args.config)
         cfg = _health_config(table, args.config)
         if args.take_reference is not None:
-            return _take_reference(args.source, args.take_reference, table)
+            return _take_reference(args.source, args.take_reference, table, args.config)
         reference = _load_reference(args.reference)
         if args.source.startswith(LIVE_SCHEMES):
             report = _watch_live(args.source, cfg, reference, args.duration_s, table)
@@ -113,10 +116,9 @@ def _load_toml(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise UsageError(f"cannot read config {path}: {exc}") from exc
+        return load_toml(path)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _health_config(table: dict[str, Any], path: Path | None) -> HealthConfig:
@@ -147,16 +149,31 @@ def _capture_size(table: dict[str, Any]) -> tuple[int, int, int]:
     )
 
 
-def _take_reference(source: str, out: Path, table: dict[str, Any]) -> int:
+def _take_reference(source: str, out: Path, table: dict[str, Any], config: Path | None) -> int:
+    """One frame, masked with the config's privacy masks (the --config file's, else those of
+    the config.toml beside the picture), written 0600."""
+    if config is None and (out.parent / "config.toml").is_file():
+        config = out.parent / "config.toml"
+        table = _load_toml(config)
+    masker = PrivacyMasker(_privacy_config(table, config))
     width, height, _fps = _capture_size(table)
     spec = source if source.startswith(LIVE_SCHEMES + ("file:",)) else f"file:{source}"
     try:
-        frame = grab_frame(spec, width, height)
+        frame = np.ascontiguousarray(grab_frame(spec, width, height)).copy()
+        masker.apply(frame)
         write_reference(out, frame)
     except (SourceError, OSError) as exc:
         raise UsageError(str(exc)) from exc
-    print(f"reference picture saved to {out} ({frame.shape[1]}x{frame.shape[0]})")
+    masks = f"{masker.active_count} privacy mask(s) applied" if masker.active_count else "no mask"
+    print(f"reference picture saved to {out} ({frame.shape[1]}x{frame.shape[0]}, {masks})")
     return 0
+
+
+def _privacy_config(table: dict[str, Any], path: Path | None) -> PrivacyConfig:
+    try:
+        return PrivacyConfig.model_validate(table.get("privacy", {}))
+    except ValidationError as exc:
+        raise UsageError(f"{path}: [privacy] {describe_validation_error(exc)}") from exc
 
 
 def _analyse_file(path: Path, cfg: HealthConfig, reference: np.ndarray | None) -> dict[str, Any]:
