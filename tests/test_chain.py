@@ -32,7 +32,7 @@ def store(chain: ManifestChain, db: sqlite3.Connection, seq: int) -> bytes:
     data = bytes([seq % 256]) * 100
     facts = SegmentFacts(
         "R1", seq, f"2026-11-23T06:15:{seq:02d}.000Z", 1.0, len(data),
-        hashlib.sha256(data).hexdigest(), False,
+        hashlib.sha256(data).hexdigest(),
     )  # fmt: skip
     db.execute("BEGIN IMMEDIATE")
     db.execute("INSERT INTO segments (seq) VALUES (?)", (seq,))
@@ -122,7 +122,7 @@ def test_incidents_are_noted_and_bounded(tmp_path: Path) -> None:
 
 def test_a_failed_transaction_keeps_the_notes_for_the_next_manifest(tmp_path: Path) -> None:
     chain, db = open_chain(tmp_path / "index.sqlite")
-    facts = SegmentFacts("R1", 0, "2026-11-23T06:15:00.000Z", 1.0, 1, "00" * 32, False)
+    facts = SegmentFacts("R1", 0, "2026-11-23T06:15:00.000Z", 1.0, 1, "00" * 32)
     db.execute("BEGIN IMMEDIATE")
     chain.append(db, facts)
     db.execute("ROLLBACK")  # e.g. the disk was full

@@ -29,9 +29,7 @@ from agent.spool.manifest import (
     read_manifest,
 )
 
-FACTS = SegmentFacts(
-    "20261123T061502Z-3fa9c2", 7, "2026-11-23T06:15:16.000Z", 2.0, 1234, "ab" * 32, False
-)
+FACTS = SegmentFacts("20261123T061502Z-3fa9c2", 7, "2026-11-23T06:15:16.000Z", 2.0, 1234, "ab" * 32)
 
 
 def test_private_key_round_trips_through_its_one_line_text() -> None:

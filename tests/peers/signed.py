@@ -49,7 +49,7 @@ def signed_chain(
         data = os.urandom(segment_bytes)
         facts = SegmentFacts(
             recording_id, seq, utc_iso(start_s), SEGMENT_S, len(data),
-            hashlib.sha256(data).hexdigest(), seq == 0,
+            hashlib.sha256(data).hexdigest(),
         )  # fmt: skip
         manifest = signer.sign(facts, prev, list((notes or {}).get(seq, [])))
         prev = file_sha256(manifest)
