@@ -13,6 +13,7 @@ import cv2
 import pytest
 
 from agent.capture.sources import grab_frame
+from agent.core.keys import generate_private_key
 from agent.health.camera import write_reference
 from agent.service.config import config_from_dict
 from agent.tools import check_cli
@@ -25,6 +26,7 @@ from agent.tools.check import (
     judge_picture,
 )
 from agent.tools.check_net import check_clock, judge_throughput
+from agent.tools.station_key import write_key_files
 from tests.peers.config import STATION, agent_config, write_toml
 from tests.peers.mosquitto import Mosquitto, MosquittoFactory
 from tests.peers.nginx import Nginx
@@ -36,7 +38,7 @@ MQTT_PASSWORD = "mqtt-s3cret"  # noqa: S105 - a test credential
 MASK = {"rect": [0.0, 0.5, 0.25, 1.0]}
 ORDER = [
     "config", "camera", "picture", "encoder", "upload", "throughput",
-    "mqtt", "clock", "spool", "service",
+    "mqtt", "clock", "spool", "signing", "service",
 ]  # fmt: skip
 
 
@@ -50,6 +52,7 @@ class Station:
             (tmp / name).write_text(secret + "\n")
             (tmp / name).chmod(0o600)
         write_reference(tmp / "reference.png", grab_frame("test:", 320, 240))
+        write_key_files(tmp, generate_private_key(), new=True, owner=None)  # as provision does
 
     def config(self, **changes: Any) -> dict[str, Any]:
         data = agent_config(
@@ -71,6 +74,7 @@ class Station:
             privacy={"masks": [MASK]},
         )
         data["spool"]["max_bytes"] = "5GB"
+        data["spool"]["signing_key_file"] = str(self.tmp / "signing-key")
         for key, value in changes.items():
             section, _, name = key.rpartition("__")
             table = data
@@ -115,7 +119,10 @@ def test_good_setup_passes_every_check_this_machine_can_pass(
     code, report = run_check(station.write(), capsys)
     checks = by_name(report)
     assert [c["name"] for c in report["checks"]] == ORDER
-    for name in ("config", "camera", "picture", "encoder", "upload", "throughput", "mqtt", "spool"):
+    for name in (
+        "config", "camera", "picture", "encoder", "upload", "throughput", "mqtt", "spool",
+        "signing",
+    ):  # fmt: skip
         assert checks[name]["result"] == "PASS", checks[name]
         assert checks[name]["fix"] is None
     # systemd is not PID 1 in this container: cannot check, which is a WARN and never a FAIL
@@ -207,7 +214,9 @@ def test_invalid_config_is_one_fail_and_the_rest_skipped(
     checks = by_name(report)
     assert code == 1
     assert checks["config"]["result"] == "FAIL" and "station_id" in checks["config"]["detail"]
-    for name in ("camera", "picture", "encoder", "upload", "throughput", "mqtt", "spool"):
+    for name in (
+        "camera", "picture", "encoder", "upload", "throughput", "mqtt", "spool", "signing",
+    ):  # fmt: skip
         assert checks[name] == {**checks[name], "result": "SKIP"}
         assert "config invalid" in checks[name]["detail"]
     assert checks["service"]["result"] == "WARN"

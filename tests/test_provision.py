@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from agent.core.keys import fingerprint, parse_private_key
 from agent.health.camera import read_reference
-from agent.service.config import load_config, load_secrets
+from agent.service.config import load_config, load_secrets, read_signing_key
 from agent.tools import provision_cli
+from agent.tools.verify_files import read_keys_file
 from tests.peers.config import STATION
 from tests.peers.mosquitto import MosquittoFactory
 from tests.peers.nginx import Nginx
@@ -78,6 +80,11 @@ def test_flags_mode_writes_a_valid_private_config_then_checks_it(
     assert code == 0, printed.out + printed.err  # check ran: nothing FAILs (service: WARN)
     assert "PASS  upload" in printed.out and "PASS  mqtt" in printed.out
     assert "WARN  service" in printed.out
+    key_line = read_signing_key(out / "signing-key").get_secret_value()  # the station key
+    station_key = fingerprint(parse_private_key(key_line).public_key())
+    assert f"PASS  signing     station key {station_key} (matches signing-key.pub)" in printed.out
+    assert f"station key fingerprint: {station_key}" in printed.out
+    assert key_line not in printed.out + printed.err + caplog.text
     for secret in (TOKEN, MQTT_PASSWORD):
         assert secret not in printed.out and secret not in printed.err
         assert secret not in caplog.text
@@ -108,6 +115,18 @@ def test_existing_config_is_kept_without_force(
     assert (tmp_path / "config.toml").read_text() == before
     assert provision(["--station-id", "AZ-2", *argv[2:], "--force"]) == 0
     assert load_config(tmp_path / "config.toml").station_id == "AZ-2"
+
+
+def test_provisioning_again_keeps_the_station_key(tmp_path: Path) -> None:
+    argv = ["--station-id", "AZ-1", "--camera", "test:", "--upload-url", "file:///tmp/up"]
+    argv += ["--output-dir", str(tmp_path), "--no-check", "--no-reference"]
+    assert provision(argv) == 0
+    key = (tmp_path / "signing-key").read_bytes()
+    assert mode(tmp_path / "signing-key") == 0o600
+    assert provision([*argv, "--force"]) == 0
+    assert (tmp_path / "signing-key").read_bytes() == key  # central staff's copy stays right
+    (tmp_path / "signing-key").write_text("not a key\n")
+    assert provision([*argv, "--force"]) == 2  # never replaced silently
 
 
 def test_bad_flag_value_names_the_flag(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
@@ -145,7 +164,11 @@ def test_roster_without_station_stages_one_folder_per_row(
     usb = roster_dir(tmp_path)
     staged = tmp_path / "staged"
     assert provision(["--roster", str(usb / "roster.csv"), "--output-dir", str(staged)]) == 0
-    assert sorted(p.name for p in staged.iterdir()) == ["AZ-0001", "AZ-0002", "AZ-0003"]
+    assert sorted(p.name for p in staged.iterdir() if p.is_dir()) == [
+        "AZ-0001", "AZ-0002", "AZ-0003",
+    ]  # fmt: skip
+    keys = read_keys_file((staged / "keys.csv").read_text(), "keys.csv")  # for central staff
+    assert sorted(keys) == ["AZ-0001", "AZ-0002", "AZ-0003"]
     for n in (1, 2, 3):
         folder = staged / f"AZ-000{n}"
         cfg = load_config(folder / "config.toml")
@@ -158,6 +181,11 @@ def test_roster_without_station_stages_one_folder_per_row(
         for path in folder.iterdir():
             assert mode(path) == 0o600, path
         assert not (folder / "reference.png").exists()
+        assert cfg.spool.signing_key_file == Path("/etc/station-agent/signing-key")
+        signing_key = read_signing_key(folder / "signing-key").get_secret_value()
+        assert fingerprint(parse_private_key(signing_key).public_key()) == fingerprint(
+            keys[f"AZ-000{n}"]
+        )
     assert "token-1" not in capfd.readouterr().out
 
 

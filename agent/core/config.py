@@ -86,6 +86,7 @@ class Secrets(BaseModel):
     http_token: SecretStr | None = None
     http_password: SecretStr | None = None
     mqtt_password: SecretStr | None = None
+    signing_key: SecretStr | None = None  # the station key's line (agent/core/keys.py)
 
 
 def trusted_owners() -> set[int]:

@@ -28,7 +28,7 @@ from agent.core.config import (
     describe_validation_error,
     read_secret,
 )
-from agent.core.keys import parse_public_key
+from agent.core.keys import parse_private_key, parse_public_key
 from agent.core.redact import url_secrets
 from agent.encode.config import EncodeConfig
 from agent.health.config import HealthConfig
@@ -148,7 +148,21 @@ def load_secrets(cfg: AgentConfig) -> Secrets:
         values["mqtt_password"] = read_secret(cfg.mqtt.password_file, "MQTT password")
     if cfg.mqtt is not None and cfg.mqtt.key_file is not None:
         check_secret_file(cfg.mqtt.key_file, "MQTT client key")
+    if cfg.spool.signing_key_file is not None:
+        values["signing_key"] = read_signing_key(cfg.spool.signing_key_file)
     return Secrets(**values)
+
+
+def read_signing_key(path: Path) -> SecretStr:
+    """The station key's line from its secret file, checked to be an Ed25519 private key."""
+    text = read_secret(path, "station signing key")
+    try:
+        parse_private_key(text.get_secret_value())
+    except ValueError as exc:
+        raise ConfigError(
+            f"{path}: not a station signing key ({exc}); `station-agent provision` makes one"
+        ) from None
+    return text
 
 
 def secret_values(cfg: AgentConfig, secrets: Secrets) -> list[str]:
@@ -157,6 +171,8 @@ def secret_values(cfg: AgentConfig, secrets: Secrets) -> list[str]:
     found = [s.get_secret_value() for s in (secrets.http_token, secrets.http_password) if s]
     if secrets.mqtt_password is not None:
         found.append(secrets.mqtt_password.get_secret_value())
+    if secrets.signing_key is not None:
+        found.append(secrets.signing_key.get_secret_value())
     urls = [cfg.capture.source]
     urls += [cfg.uplink.http.url] if cfg.uplink.http is not None else []
     urls += [cfg.mqtt.url] if cfg.mqtt is not None else []

@@ -135,6 +135,7 @@ class CheckOptions:
     snapshot_dir: Path | None = None
     hours: float = DEFAULT_HOURS
     pause_service: bool = False  # stop the service for the camera checks, start it at the end
+    public_key: str | None = None  # the station key central staff hold (base64, PEM or a file)
     system: System = field(default_factory=System)
 
 

@@ -33,8 +33,11 @@ from agent.tools.check import (
     check_spool,
     redact_result,
 )
+from agent.tools.station_key import SIGNING_LIMIT_S, check_signing
 
-NEED_CONFIG = ("camera", "picture", "encoder", "upload", "throughput", "mqtt", "clock", "spool")
+NEED_CONFIG = (
+    "camera", "picture", "encoder", "upload", "throughput", "mqtt", "clock", "spool", "signing",
+)  # fmt: skip
 STOP_START_TIMEOUT_S = 90.0  # TimeoutStartSec of the unit is 60 s
 
 
@@ -56,6 +59,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help=f"hours of video the spool disk must hold at the top rung (default {DEFAULT_HOURS:g})",
     )  # fmt: skip
     p.add_argument(
+        "--public-key", metavar="KEY",
+        help="the station's public key as central staff have it (base64, or a file): must match",
+    )  # fmt: skip
+    p.add_argument(
         "--pause-service", action="store_true",
         help="stop the running service during the checks (it holds the camera), start it after",
     )  # fmt: skip
@@ -68,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         snapshot_dir=args.snapshot_dir,
         hours=args.hours,
         pause_service=args.pause_service,
+        public_key=args.public_key,
     )
     return check_and_print(options, as_json=args.json)
 
@@ -191,6 +199,9 @@ def _config_checks(
     add(bounded("mqtt", LIMITS_S["mqtt"], lambda: check_net.check_mqtt(cfg, secrets)))
     add(bounded("clock", LIMITS_S["clock"], lambda: check_net.check_clock(cfg, system)))
     add(bounded("spool", LIMITS_S["spool"], lambda: check_spool(cfg, options.hours)))
+    add(
+        bounded("signing", SIGNING_LIMIT_S, lambda: check_signing(cfg, secrets, options.public_key))
+    )
 
 
 def _service_active(options: CheckOptions) -> bool:

@@ -29,6 +29,7 @@ from agent.core.durable import write_atomic
 from agent.health.camera import encode_reference
 from agent.service.config import DEFAULT_CONFIG_PATH, AgentConfig, load_toml
 from agent.tools.mask_cli import privacy_table
+from agent.tools.station_key import KEY_NAME, StationKeyError, load_or_make_key, write_key_files
 
 CONFIG_NAME = DEFAULT_CONFIG_PATH.name
 UPLOAD_TOKEN_NAME = "upload-token"  # noqa: S105 - a file name, not a secret
@@ -99,7 +100,10 @@ def config_data(values: StationValues, install_dir: Path, reference: bool) -> di
             "height": values.height,
             "fps": values.fps,
         },
-        "spool": {"path": str(values.spool_path)},
+        "spool": {
+            "path": str(values.spool_path),
+            "signing_key_file": str(install_dir / KEY_NAME),
+        },
         "uplink": {"http": http},
     }
     if values.mqtt_url:
@@ -226,9 +230,15 @@ def write_station(
     owner: Owner | None,
     privacy: PrivacyConfig | None = None,
 ) -> list[Path]:
-    """Writes the secret files, the reference picture and the config; the written paths."""
+    """Writes the secret files, the station key (kept when there is one), the reference
+    picture and the config; the written paths."""
     ensure_dir(output_dir, owner)
     written: list[Path] = []
+    try:
+        key, new = load_or_make_key(output_dir)
+    except StationKeyError as exc:
+        raise ProvisionError(str(exc)) from None
+    written += write_key_files(output_dir, key, new, owner)
     secrets = ((UPLOAD_TOKEN_NAME, values.upload_token), (MQTT_PASSWORD_NAME, values.mqtt_password))
     for name, secret in secrets:
         if secret is not None:

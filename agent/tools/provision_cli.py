@@ -29,6 +29,7 @@ from pydantic import SecretStr
 
 from agent.capture.sources import SourceError, grab_frame
 from agent.core.config import ConfigError, read_secret
+from agent.core.keys import fingerprint
 from agent.service.config import DEFAULT_CONFIG_PATH, load_config, load_secrets
 from agent.tools.check import SERVICE, CheckOptions, systemd_running
 from agent.tools.check_cli import check_and_print
@@ -46,6 +47,8 @@ from agent.tools.provision import (
     validate,
     write_station,
 )
+from agent.tools.station_key import public_key_in, write_keys_file
+from agent.tools.verify_files import keys_file_line
 
 DEFAULT_DIR = DEFAULT_CONFIG_PATH.parent
 REFERENCE_TIMEOUT_S = 15.0  # a USB camera needs a few seconds to open and settle its exposure
@@ -242,6 +245,7 @@ def _write_and_check(
         return 2
     for path in written:
         print(f"wrote {path} (0600)")
+    print_station_key(values.station_id, output_dir)
     if args.no_check:
         return problems
     print("\nrunning check:")
@@ -297,8 +301,18 @@ def stage_roster(args: argparse.Namespace) -> int:
             load_config(folder / CONFIG_NAME)
         except (OSError, ConfigError) as exc:
             raise ProvisionError(f"cannot write {folder}: {exc}") from None
-        print(f"wrote {folder}/ ({values.station_id})")
+        key = fingerprint(public_key_in(folder))
+        print(f"wrote {folder}/ ({values.station_id}, station key {key})")
+    keys = write_keys_file(out, {v.station_id: public_key_in(out / v.station_id) for v in stations})
     print(
         f"{len(stations)} station(s) staged in {out}; on each box copy its folder to {install_dir}"
     )
+    print(f"the stations' public keys are in {keys}: give it to central staff (for verify)")
     return 0
+
+
+def print_station_key(station_id: str, folder: Path) -> None:
+    """What the technician reads aloud, and the line central staff add to their keys file."""
+    key = public_key_in(folder)
+    print(f"\nstation key fingerprint: {fingerprint(key)} (read it to central staff)")
+    print(f"keys file line for central staff: {keys_file_line(station_id, key)}")
