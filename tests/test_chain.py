@@ -55,6 +55,14 @@ def test_manifests_link_and_the_first_says_a_new_recording(tmp_path: Path) -> No
     assert ManifestChain.manifest(db, 1) == bodies[1]
 
 
+def test_a_row_made_out_of_order_is_signed_after_the_head(tmp_path: Path) -> None:
+    chain, db = open_chain(tmp_path / "index.sqlite")
+    first, third = store(chain, db, 5), store(chain, db, 7)  # 6 is re-indexed later
+    late = read_manifest(store(chain, db, 6))
+    assert read_manifest(third).prev_sha256 == read_manifest(first).sha256
+    assert late.prev_sha256 == read_manifest(third).sha256 and late.seq == 6
+
+
 def test_the_start_note_tells_a_clean_stop_from_a_kill(tmp_path: Path) -> None:
     path = tmp_path / "index.sqlite"
     chain, db = open_chain(path)

@@ -4,6 +4,7 @@ each kind of tampering gets its verdict and a non-zero exit; honest gaps verify 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import shutil
@@ -13,13 +14,23 @@ import pytest
 
 from agent.cli import main
 from agent.core.keys import generate_private_key, public_key_text
-from agent.spool.manifest import NOTE_LOST, NOTE_START
+from agent.spool.manifest import (
+    NOTE_LOST,
+    NOTE_START,
+    ManifestSigner,
+    SegmentFacts,
+    read_manifest,
+)
 from agent.tools.verify_files import VerifyInputError, keys_file_line, read_keys_file
 from tests.peers.signed import write_recording
 
 STATION, OTHER = "AZ-0001", "AZ-0002"
 REC, REC2 = "20261123T061502Z-3fa9c2", "20261123T101502Z-77aa01"
 KEY, OTHER_KEY = generate_private_key(), generate_private_key()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def pub(key: object = KEY) -> str:
@@ -183,6 +194,30 @@ def test_segments_without_manifests_are_unsigned(
         manifest.unlink()
     code, data = verify_json(capsys, str(tmp_path / STATION), "--key", pub())
     assert code == 1 and set(verdicts(data).values()) == {"UNSIGNED"}
+
+
+def test_segments_before_signing_began_are_unsigned_and_the_rest_verify(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    note = {"kind": NOTE_START, "previous_stop": "unknown", "at_utc": "2026-11-23T06:15:10Z"}
+    write_recording(tmp_path / STATION, KEY, STATION, REC, 10, first_signed=4, notes={4: [note]})
+    code, data = verify_json(capsys, str(tmp_path / STATION), "--key", pub())
+    assert code == 1
+    assert verdicts(data) == {seq: "UNSIGNED" if seq < 4 else "OK" for seq in range(10)}
+
+
+def test_a_fork_in_the_chain_is_not_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rec = write_recording(tmp_path / STATION, KEY, STATION, REC, 10)
+    six = read_manifest((rec / "00000006.json").read_bytes())
+    data = (rec / "00000007.ts").read_bytes()
+    facts = SegmentFacts(REC, 7, "2026-11-23T06:15:16.000Z", 2.0, len(data), sha256_hex(data))
+    # a second history: segment 7 signed again after 5, as if 6 had never been
+    (rec / "00000007.json").write_bytes(
+        ManifestSigner(KEY, STATION, "test").sign(facts, six.prev_sha256, [])
+    )
+    code, result = verify_json(capsys, str(tmp_path / STATION), "--key", pub())
+    assert code == 1 and verdicts(result)[7] == "NOT OK" and verdicts(result)[6] == "OK"
+    assert "fork" in result["segments"][7]["reason"]
 
 
 def test_two_recordings_of_a_station_and_the_gap_between_them(

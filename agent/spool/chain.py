@@ -2,7 +2,9 @@
 has the format), signed with the station key and kept in the index in the same transaction as
 the segment's row, so a power cut leaves either both or neither.
 
-Each manifest links to the previous one and carries the notes since it:
+Each manifest links to the one signed before it (the chain's head, kept in the index's meta
+table: normally the previous seq's; a segment file re-indexed at start is signed when its row is
+made, so the order can differ) and carries the notes since it:
 - `start`: the first segment of a run of the agent, and how the previous run ended (a marker
   in the index's meta table is set while a run has the chain open and cleared at a clean
   close: still set at the next open means a kill, a crash or a power cut);
@@ -47,6 +49,7 @@ CREATE TABLE IF NOT EXISTS manifests (
 CREATE TABLE IF NOT EXISTS chain_losses (seq INTEGER PRIMARY KEY);
 """
 RUNNING_KEY = "chain_running"  # meta: "1" while a run of the agent has the chain open
+HEAD_KEY = "chain_head"  # meta: the SHA-256 of the last manifest signed
 # Incidents worth a line in the signed record: they explain a gap, a jump in the times or
 # what the picture shows. Segment losses with a seq come from the `lost` table instead.
 NOTED_EVENTS = frozenset(
@@ -145,17 +148,18 @@ class ManifestChain:
         db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, '0')", (RUNNING_KEY,))
 
     def append(self, db: sqlite3.Connection, segment: SegmentFacts) -> bytes:
-        """Inside the caller's transaction, after the segment's row: sign and store its
-        manifest. Returns the manifest's bytes."""
-        row = db.execute("SELECT sha256 FROM manifests WHERE seq = ?", (segment.seq - 1,))
-        previous = row.fetchone()
-        prev_sha256 = previous[0] if previous else GENESIS_SHA256
+        """Inside the caller's transaction, after the segment's row: sign its manifest,
+        linked to the chain's head, and store it as the new head. Returns its bytes."""
+        head = db.execute("SELECT value FROM meta WHERE key = ?", (HEAD_KEY,)).fetchone()
+        prev_sha256 = head[0] if head else GENESIS_SHA256
         lost_notes, lost_seqs = self._lost_notes(db)
         body = self.signer.sign(segment, prev_sha256, self._peek_notes() + lost_notes)
+        sha256 = file_sha256(body)
         db.execute(
             "INSERT OR REPLACE INTO manifests (seq, sha256, body) VALUES (?, ?, ?)",
-            (segment.seq, file_sha256(body), body),
+            (segment.seq, sha256, body),
         )
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (HEAD_KEY, sha256))
         db.executemany(
             "INSERT OR IGNORE INTO chain_losses (seq) VALUES (?)", [(s,) for s in lost_seqs]
         )

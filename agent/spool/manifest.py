@@ -3,8 +3,8 @@ the station's public key can check (the format; the spool's chain is agent/spool
 verifier agent/tools/verify.py, the observers' guide docs/verification.md).
 
 A manifest names its segment (station, recording, sequence, start time, duration, size,
-SHA-256), the SHA-256 of the previous manifest file of the recording (a chain: nothing can be
-removed, reordered or inserted unseen), the agent's version, the key's fingerprint and the
+SHA-256), the SHA-256 of the manifest file the box signed before it in the recording (a chain;
+normally the previous segment's), the agent's version, the key's fingerprint and the
 notes since the previous manifest: a new run of the agent (and whether the previous one stopped
 cleanly), segments the agent recorded as lost (and why), clock steps and other incidents. So a
 gap the agent reported is part of the signed record and verifies as a gap, not as tampering.
@@ -21,7 +21,7 @@ refused, so the chain hash (`sha256sum` of the file) is unambiguous.
 
 on one line in the file: ~450 bytes, under 1 % of a 2-second segment at the lowest rung
 (150 kbit/s; ~47 KB as muxed). Hashes are hex as `sha256sum` prints them, so anyone can check
-a segment, and the link to the previous manifest, by hand.
+a segment, and the link to the manifest before, by hand.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from agent.core.keys import SIGNATURE_BYTES, canonical_json, fingerprint
 
 FORMAT = 1  # the `manifest` field: the version of this format
 SIGNING_CONTEXT = b"station-agent segment manifest v1\n"  # this key's signatures mean this
-GENESIS_SHA256 = "0" * 64  # prev_manifest_sha256 of a recording's first signed manifest
+GENESIS_SHA256 = "0" * 64  # `prev` of a recording's first signed manifest
 MAX_MANIFEST_BYTES = 64 * 1024  # a manifest is ~600 bytes; notes are capped (agent/spool/chain.py)
 # Note kinds (the `kind` of each entry of `notes`).
 NOTE_START = "start"  # a new run of the agent: {"previous_stop": one of PREVIOUS_STOP, "at_utc"}
@@ -60,7 +60,7 @@ _FIELDS = {
     "key": str,  # the signing key's fingerprint
     "manifest": int,  # FORMAT
     "notes": list,
-    "prev": str,  # SHA-256 of the previous manifest file (hex), or GENESIS_SHA256
+    "prev": str,  # SHA-256 of the manifest file signed before (hex), or GENESIS_SHA256
     "recording": str,
     "seq": int,
     "sha256": str,  # the segment's SHA-256 (hex)

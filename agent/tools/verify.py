@@ -205,19 +205,17 @@ def verify_recording(station_id: str, files: RecordingFiles, keys: KeyRing) -> R
             trusted[seq] = item
         else:
             problems[seq] = problem
-    for seq, manifest in trusted.items():  # the links: each follows the one before it
-        before = trusted.get(seq - 1)
-        if before is not None and manifest.prev_sha256 != before.sha256:
-            problems[seq] = (NOT_OK, f"does not follow the manifest of segment {seq - 1}")
+    for seq in _forks(trusted):
+        problems[seq] = (NOT_OK, "signed after the same manifest as another one (a fork)")
     lost = _reported_losses(trusted.values())
-    genesis = [seq for seq, m in trusted.items() if m.prev_sha256 == GENESIS_SHA256]
-    chain_start = min(genesis) if genesis else (0 if parsed else None)
+    # before the first signed segment: UNSIGNED when the box said signing began there
+    unsigned_before = _signing_began(trusted) if parsed else 2**62
     expected = set(files.manifests) | set(files.segments) | files.listed
-    if trusted and chain_start is not None:  # every link up to the last signed one
-        expected |= set(range(chain_start, max(trusted) + 1))
+    if trusted:  # every seq up to the last signed one
+        expected |= set(range(min(unsigned_before, max(trusted)), max(trusted) + 1))
     verdicts = []
     for seq in sorted(expected):
-        verdict, reason = _verdict(seq, files, problems, trusted, lost, chain_start)
+        verdict, reason = _verdict(seq, files, problems, trusted, lost, unsigned_before)
         found = parsed.get(seq)
         timed = found if isinstance(found, Manifest) and verdict != FOREIGN else None
         verdicts.append(
@@ -255,6 +253,34 @@ def _judge(
     return None
 
 
+def _forks(trusted: dict[int, Manifest]) -> list[int]:
+    """Manifests linked to a manifest another (lower) one is already linked to. Each
+    manifest names the one signed before it, so the links form one line; a fork means the box
+    signed two histories (e.g. an index restored from a backup)."""
+    first: dict[str, int] = {}
+    forks = []
+    for seq in sorted(trusted):
+        prev = trusted[seq].prev_sha256
+        if prev in first:
+            forks.append(seq)
+        else:
+            first[prev] = seq
+    return forks
+
+
+def _signing_began(trusted: dict[int, Manifest]) -> int:
+    """The seq where the box began signing a recording it had started without a key (its
+    first manifest's start note says so); 0 when it signed from the start."""
+    for seq in sorted(trusted):
+        manifest = trusted[seq]
+        if manifest.prev_sha256 == GENESIS_SHA256:
+            starts = [n for n in manifest.notes if n.get("kind") == NOTE_START]
+            if any(n.get("previous_stop") == "unknown" for n in starts):
+                return seq
+            return 0
+    return 0
+
+
 def _reported_losses(manifests: Iterable[Manifest]) -> dict[int, str]:
     """seq -> the agent's reason, from the `lost` notes of signed manifests."""
     lost: dict[int, str] = {}
@@ -277,7 +303,7 @@ def _verdict(
     problems: dict[int, tuple[str, str]],
     trusted: dict[int, Manifest],
     lost: dict[int, str],
-    chain_start: int | None,
+    unsigned_before: int,
 ) -> tuple[str, str]:
     segment = files.segments.get(seq)
     if seq in problems:
@@ -295,7 +321,7 @@ def _verdict(
         return OK, ""
     if seq in lost:
         return LOST, f"lost: {lost[seq]}"
-    if chain_start is None or seq < chain_start:
+    if seq < unsigned_before:
         if segment is not None:
             return UNSIGNED, "recorded without a station key: no manifest"
         return MISSING, "listed in the playlist, absent"

@@ -37,9 +37,10 @@ def signed_chain(
     notes: Mapping[int, list[dict[str, Any]]] | None = None,
     skip: Iterable[int] = (),
     pauses_s: Mapping[int, float] | None = None,
-) -> list[tuple[int, bytes | None, bytes]]:
-    """(seq, segment bytes or None when skipped, manifest bytes) for a whole chain. A seq in
-    `pauses_s` starts that many seconds late (a restart)."""
+    first_signed: int = 0,
+) -> list[tuple[int, bytes | None, bytes | None]]:
+    """(seq, segment bytes or None when skipped, manifest bytes or None before `first_signed`)
+    for a whole chain. A seq in `pauses_s` starts that many seconds late (a restart)."""
     signer = ManifestSigner(key, station_id, "test")
     skipped = set(skip)
     start_s = parse_utc(start_utc)
@@ -51,8 +52,10 @@ def signed_chain(
             recording_id, seq, utc_iso(start_s), SEGMENT_S, len(data),
             hashlib.sha256(data).hexdigest(),
         )  # fmt: skip
-        manifest = signer.sign(facts, prev, list((notes or {}).get(seq, [])))
-        prev = file_sha256(manifest)
+        manifest = None
+        if seq >= first_signed:
+            manifest = signer.sign(facts, prev, list((notes or {}).get(seq, [])))
+            prev = file_sha256(manifest)
         out.append((seq, None if seq in skipped else data, manifest))
         start_s += SEGMENT_S
     return out
@@ -75,7 +78,8 @@ def write_recording(
     for seq, data, manifest in chain:
         if data is not None:
             (folder / f"{seq:08d}.ts").write_bytes(data)
-            (folder / f"{seq:08d}.json").write_bytes(manifest)
+            if manifest is not None:
+                (folder / f"{seq:08d}.json").write_bytes(manifest)
         else:
             lines.append("#EXT-X-GAP")
         lines += [f"#EXTINF:{SEGMENT_S:.3f},", f"{seq:08d}.ts"]
