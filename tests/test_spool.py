@@ -58,14 +58,18 @@ def test_free_disk_floor_is_kept(tmp_path: Path) -> None:
     disk_bytes = 8_000  # a tiny disk: what the segments do not use is free
     spool = Spool(
         tmp_path, [], 10**9, min_free_bytes=5_000, sink=sink,
-        disk_free=lambda p: disk_bytes - on_disk(spool),
+        disk_free=lambda p: disk_bytes - on_disk(spool), disk_total=lambda p: disk_bytes,
     )  # fmt: skip
     spool.open()
     for tag in range(6):
         spool.add(segment(1_000, tag))
         assert disk_bytes - on_disk(spool) >= 5_000
     assert len([r for r in spool.segments() if not r.evicted]) == 3
-    assert spool.lost() == []  # no uplink: nothing was pending
+    # no uplink: each evicted segment was the only copy, and that loss is recorded and said
+    assert [seq for seq, _, _ in spool.lost()] == [0, 1, 2]
+    dropped = [e for e in sink.events if e.kind == "segment_dropped"]
+    assert [e.fields["seq"] for e in dropped] == [0, 1, 2]
+    assert all("only copy" in e.fields["reason"] for e in dropped)
     assert sink.kinds().count("disk_low") == 1  # once per episode, not once per segment
 
 
@@ -81,7 +85,7 @@ def test_sequence_and_hash_chain_continue_across_restart(tmp_path: Path) -> None
     assert verify_spool(tmp_path, spool) == []
 
 
-def test_leftovers_are_removed_and_reported_on_open(tmp_path: Path) -> None:
+def test_leftovers_are_reported_and_unreadable_ones_quarantined_on_open(tmp_path: Path) -> None:
     sink = RecordingSink()
     spool = open_spool(tmp_path, 10**9, sink)
     spool.add(segment(500, 1))
@@ -91,9 +95,12 @@ def test_leftovers_are_removed_and_reported_on_open(tmp_path: Path) -> None:
     spool = Spool(tmp_path, ["http"], 10**9, 0, sink, disk_free=lambda p: 10**12)
     report = spool.open()
     assert report.removed_temp_files == ["00000001.ts.tmp"]
-    assert report.removed_unindexed_files == ["00000001.ts"]
-    assert "spool_recovered" in sink.kinds()
-    assert spool.next_seq() == 1 and verify_spool(tmp_path, spool) == []
+    # not a segment PyAV can read: kept in quarantine, recorded as lost (never just deleted)
+    assert report.quarantined == [f"{spool.recording_id}-00000001.ts"]
+    assert (tmp_path / "quarantine" / report.quarantined[0]).read_bytes().startswith(b"renamed")
+    assert [seq for seq, _, _ in spool.lost()] == [1]
+    assert "spool_recovered" in sink.kinds() and "segment_dropped" in sink.kinds()
+    assert spool.next_seq() == 2 and verify_spool(tmp_path, spool) == []
 
 
 def test_verify_finds_corruption_and_broken_chain(tmp_path: Path) -> None:

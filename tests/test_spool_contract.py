@@ -167,3 +167,36 @@ CREATE TABLE lost (
     lost_utc TEXT NOT NULL
 );
 """
+
+
+def timed(start: str, tag: int) -> EncodedSegment:
+    return EncodedSegment(bytes([tag]) * 100, start, 0, 2.0, RUNG, 30, "x", False)
+
+
+def test_segment_times_never_go_backwards_in_the_index(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path, RecordingSink())
+    assert spool.last_segment_end_utc() is None  # a new spool: nothing recorded before
+    starts = [
+        "2026-11-23T10:00:00.000Z",
+        "2026-11-23T10:00:02.000Z",
+        "2026-11-23T09:00:04.000Z",  # the wall clock stepped back an hour
+        "2026-11-23T09:00:06.000Z",
+        "2026-11-23T11:00:08.000Z",  # and forward two hours
+    ]
+    records = [spool.add(timed(start, k)) for k, start in enumerate(starts)]
+    assert [r.started_utc for r in records] == [
+        "2026-11-23T10:00:00.000Z",
+        "2026-11-23T10:00:02.000Z",
+        "2026-11-23T10:00:04.000Z",  # clamped to the previous end...
+        "2026-11-23T10:00:06.000Z",  # ...and the next continues from there
+        "2026-11-23T11:00:08.000Z",
+    ]
+    # the step is marked once, where the index's timeline breaks from the clock's
+    assert [r.discontinuity for r in records] == [False, False, True, False, False]
+    assert "09:00:04" in records[2].note and "clamped" in records[3].note
+    assert records[4].note == ""
+    assert spool.last_segment_end_utc() == "2026-11-23T11:00:10.000Z"
+    spool.close()
+    assert open_spool(tmp_path, RecordingSink()).last_segment_end_utc() == (
+        "2026-11-23T11:00:10.000Z"
+    )

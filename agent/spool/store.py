@@ -1,87 +1,55 @@
-"""The crash-safe segment spool: every recorded second stays on disk until the upstream has it.
+"""The crash-safe segment spool: every recorded second stays on disk until the upstream has it,
+and a second that cannot stay is recorded as lost.
 
 Write order for each segment: temp file -> fsync -> rename -> fsync(dir) -> index row committed
-(SQLite, WAL, synchronous=FULL). So after kill -9 or a power cut, no half-written file is ever
-indexed and no indexed segment is missing; a renamed file whose row never committed is a
-leftover that the next start reports and removes (its sequence number is then reused, so the
-sequence has no hole). Rows stay after their file is evicted: the hash chain and the archive
-playlist keep their history.
+(SQLite, WAL, synchronous=FULL). So after kill -9 or a power cut no half-written file is ever
+indexed, and a renamed file whose row never committed is a whole segment that the next start
+re-indexes (agent/spool/recovery.py: nothing complete is deleted). A damaged index is moved
+aside and a new one (a new recording) indexes the files on disk. An eviction records itself
+(the row, and the `lost` row when no uplink had the segment) in one transaction before the file
+is unlinked. Rows stay after their file is evicted: the hash chain and the archive playlist
+keep their history. The room a write needs is measured first (agent/spool/room.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import secrets
 import shutil
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.adapt.ladder import Rung
-from agent.core.durable import fsync_directory, write_atomic
+from agent.core.clock import utc_iso
 from agent.core.events import DiscardSink, Event, EventSink, utc_now_iso
 from agent.encode.segmenter import EncodedSegment
-from agent.spool.eviction import StoredSegment, choose_evictions
-from agent.spool.recovery import quarantine_file
+from agent.spool import index
+from agent.spool.index import (
+    BUSY_TIMEOUT_S,
+    CAUSE_CORRUPT,
+    CAUSE_MISSING,
+    CLOCK_TOLERANCE_S,
+    GENESIS_SHA256,
+    INDEX_FILE,
+    DamagedIndex,
+    Row,
+    SpoolIndex,
+    is_disk_full,
+)
+from agent.spool.layout import QUARANTINE_DIR, SEGMENT_DIR, segment_file_name
+from agent.spool.recovery import Recovery, RecoveryReport, move_index_aside, quarantine_file
+from agent.spool.room import DiskRoom, RoomPlan, plan_room
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS segments (
-    seq INTEGER PRIMARY KEY,
-    started_utc TEXT NOT NULL,
-    duration_s REAL NOT NULL,
-    bytes INTEGER NOT NULL,
-    sha256 TEXT NOT NULL,
-    prev_sha256 TEXT NOT NULL,
-    width INTEGER NOT NULL,
-    height INTEGER NOT NULL,
-    fps INTEGER NOT NULL,
-    bitrate_bps INTEGER NOT NULL,
-    encoder TEXT NOT NULL,
-    discontinuity INTEGER NOT NULL,
-    evicted INTEGER NOT NULL DEFAULT 0,
-    created_utc TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS uploads (
-    seq INTEGER NOT NULL,
-    uplink TEXT NOT NULL,
-    uploaded_utc TEXT NOT NULL,
-    PRIMARY KEY (seq, uplink)
-);
-CREATE TABLE IF NOT EXISTS lost (
-    seq INTEGER PRIMARY KEY,
-    bytes INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    lost_utc TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-"""
-# Columns added after the first release: (table, column, definition); an older index gets them
-# at open, with their defaults.
-ADDED_COLUMNS = (
-    ("segments", "note", "TEXT NOT NULL DEFAULT ''"),  # why a row is not what the encoder said
-    ("segments", "recovered", "INTEGER NOT NULL DEFAULT 0"),  # re-indexed at start
-    ("lost", "cause", "TEXT NOT NULL DEFAULT 'evicted'"),  # evicted | missing | corrupt
-)
-CAUSE_EVICTED = "evicted"  # lost.cause: deleted for room before every uplink had it
-CAUSE_MISSING = "missing"  # the file was gone
-CAUSE_CORRUPT = "corrupt"  # the file was not what was stored (moved to quarantine)
-GENESIS_SHA256 = "0" * 64  # prev_sha256 of the very first segment
-SEGMENT_DIR = "segments"
-QUARANTINE_DIR = "quarantine"  # files that are not whole segments, kept for a person to look at
-DISK_OK_FACTOR = 1.2  # disk_low is re-armed when free space is 20 % above the floor
-INDEX_FILE = "index.sqlite"
-# Segments are the service's alone (the unit's UMask=0077 always made them 0600).
-SEGMENT_MODE = 0o600
+# Re-indexing at open (hash + PyAV look, ~10 ms a segment) stops after this long; the rest goes
+# on in the background, so recording starts within seconds even after a lost 20 GB index.
+REINDEX_AT_OPEN_S = 3.0
+REINDEX_JOIN_S = 10.0  # close() waits this long for the background re-index to stop
 
 
 class SpoolError(Exception):
@@ -122,6 +90,7 @@ class SegmentRecord:
     evicted: bool
     uploaded_to: tuple[str, ...]
     note: str = ""  # e.g. re-indexed at start, or its start time clamped
+    recovered: bool = False  # re-indexed at start (the file had no row)
 
     @property
     def file_name(self) -> str:
@@ -149,54 +118,8 @@ class SegmentRecord:
             "evicted": self.evicted,
             "uploaded_to": list(self.uploaded_to),
             "note": self.note,
+            "recovered": self.recovered,
         }
-
-
-@dataclass(frozen=True)
-class RecoveryReport:
-    removed_temp_files: list[str]
-    removed_unindexed_files: list[str]
-    missing_files: list[int]
-
-    @property
-    def clean(self) -> bool:
-        return not (self.removed_temp_files or self.removed_unindexed_files or self.missing_files)
-
-
-def segment_file_name(seq: int) -> str:
-    return f"{seq:08d}.ts"
-
-
-def new_recording_id() -> str:
-    """UTC creation time + 24 random bits, e.g. 20261123T061502Z-3fa9c2: sorts by time, and two
-    boxes (or two spools on one box) starting in the same second still differ."""
-    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
-
-
-def _add_missing_columns(db: sqlite3.Connection) -> None:
-    for table, column, definition in ADDED_COLUMNS:
-        # table, column and definition are this module's constants
-        present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-        if column not in present:
-            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
-
-
-def _recording_id(db: sqlite3.Connection, create: bool) -> str:
-    """The index's recording id; made once when `create` and there is none (a new index, or
-    one written before recording ids existed). A read-only look at an old index gets ""."""
-    try:
-        row = db.execute("SELECT value FROM meta WHERE key = 'recording_id'").fetchone()
-    except sqlite3.OperationalError:  # an index older than the meta table, opened read-only
-        if create:
-            raise
-        return ""
-    if row is not None:
-        return str(row[0])
-    if not create:
-        return ""
-    recording_id = new_recording_id()
-    db.execute("INSERT INTO meta (key, value) VALUES ('recording_id', ?)", (recording_id,))
-    return recording_id
 
 
 class Spool:
@@ -210,6 +133,8 @@ class Spool:
         min_free_bytes: int,
         sink: EventSink,
         disk_free: Callable[[Path], int] | None = None,
+        disk_total: Callable[[Path], int] | None = None,
+        busy_timeout_s: float = BUSY_TIMEOUT_S,
     ) -> None:
         self.path = path
         self.segment_dir = path / SEGMENT_DIR
@@ -218,32 +143,44 @@ class Spool:
         self._min_free_bytes = min_free_bytes
         self._sink = sink
         self._disk_free = disk_free or (lambda p: shutil.disk_usage(p).free)
+        self._disk_total = disk_total or (lambda p: shutil.disk_usage(p).total)
+        self._busy_timeout_s = busy_timeout_s
         self._lock = threading.RLock()
         self._added = threading.Condition(self._lock)
-        self._db: sqlite3.Connection | None = None
-        self._disk_low = False
+        self._index: SpoolIndex | None = None
+        self._room = DiskRoom(
+            path, plan_room(0, 0), max_bytes, len(self.uplinks), self._disk_free, sink
+        )
         self.recording_id = ""  # read from the index at open (made when the index is created)
-        self._note = "s.note"  # "''" for an index older than the note column, read-only
+        self._extra_columns = "s.note, s.recovered"  # "'', 0" for an older index, read-only
+        self._seq_floor = 0  # above every file waiting to be re-indexed
+        self._unstored = 0  # segments the writer gave up on (no seq, no row): still lost
+        self._clamped_s = 0.0  # how far the last segment's start was clamped (clock behind)
+        self._closing = threading.Event()
+        self._reindexer: threading.Thread | None = None
+        self._recovered = threading.Event()
         self.recovery: RecoveryReport | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def open(self) -> RecoveryReport:
+        """Open (or create) the spool and recover it. A damaged or lost index is replaced by a
+        new one (a new recording); only an unusable disk or directory raises SpoolError."""
         try:
             self.segment_dir.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(
-                self.path / INDEX_FILE, check_same_thread=False, isolation_level=None
+            self._plan_room()
+            report, previous_id = self._open_index()
+            recovery = Recovery(
+                self._ix, self.path, self.recording_id, len(self.uplinks), self._sink
             )
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")  # a committed row survives a power cut
-            db.executescript(SCHEMA)
-            _add_missing_columns(db)
-            self.recording_id = _recording_id(db, create=True)
-        except (OSError, sqlite3.Error) as exc:
+            if report.damaged_index is not None:
+                recovery.report_damaged_index(report, previous_id)
+            self._recover(recovery, report)
+        except (OSError, sqlite3.Error, DamagedIndex) as exc:
+            self.close()
             raise SpoolError(f"cannot open the spool at {self.path}: {exc}") from exc
-        self._db = db
-        self.recovery = self._recover()
-        return self.recovery
+        self.recovery = report
+        return report
 
     @classmethod
     def open_read_only(cls, path: Path) -> Spool:
@@ -251,210 +188,196 @@ class Spool:
         spool = cls(
             path, uplinks=(), max_bytes=2**62, min_free_bytes=0, sink=DiscardSink("read-only spool")
         )
-        index = path / INDEX_FILE
-        if not index.is_file():
+        file = path / INDEX_FILE
+        if not file.is_file():
             raise SpoolError(f"{path} is not a spool (no {INDEX_FILE} in it)")
         try:
-            spool._db = sqlite3.connect(f"file:{index}?mode=ro", uri=True, check_same_thread=False)
-            spool.recording_id = _recording_id(spool._db, create=False)
-            columns = {row[1] for row in spool._db.execute("PRAGMA table_info(segments)")}
-            spool._note = "s.note" if "note" in columns else "''"
+            db = index.connect_read_only(file)
+            spool._index = SpoolIndex(db, spool._lock, spool._sink, on_full=lambda: False)
+            spool.recording_id = index.recording_id(db, create=False)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(segments)")}
+            if "recovered" not in columns:
+                spool._extra_columns = "'', 0"
         except sqlite3.Error as exc:
-            raise SpoolError(f"cannot read {index}: {exc}") from exc
+            raise SpoolError(f"cannot read {file}: {exc}") from exc
         return spool
 
     def close(self) -> None:
+        self._closing.set()
+        if self._reindexer is not None:
+            self._reindexer.join(timeout=REINDEX_JOIN_S)
         with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+            if self._index is not None:
+                self._index.db.close()
+                self._index = None
+
+    @property
+    def _ix(self) -> SpoolIndex:
+        if self._index is None:
+            raise SpoolError("spool is not open")
+        return self._index
 
     @property
     def db(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise SpoolError("spool is not open")
-        return self._db
+        return self._ix.db
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.db
-            except BaseException:
-                if self.db.in_transaction:  # SQLITE_FULL may have rolled back already
-                    self.db.execute("ROLLBACK")
-                raise
-            self.db.execute("COMMIT")
-
-    def _recover(self) -> RecoveryReport:
-        temps, unindexed, missing = [], [], []
-        indexed = {
-            seq: bool(evicted)
-            for seq, evicted in self.db.execute("SELECT seq, evicted FROM segments")
-        }
-        for entry in sorted(self.segment_dir.iterdir()):
-            if entry.name.endswith(".tmp"):
-                entry.unlink()
-                temps.append(entry.name)
-            elif entry.suffix == ".ts":
-                seq = int(entry.stem) if entry.stem.isdigit() else None
-                if seq is None or seq not in indexed or indexed[seq]:
-                    entry.unlink()
-                    unindexed.append(entry.name)
-        for seq, evicted in indexed.items():
-            if not evicted and not (self.segment_dir / segment_file_name(seq)).exists():
-                missing.append(seq)
-        for seq in missing:
-            if self._uploaded_everywhere(seq):  # the upstream has it: nothing is lost
-                self.db.execute("UPDATE segments SET evicted = 1 WHERE seq = ?", (seq,))
-            else:
-                self._record_loss(seq, "file missing at start (disk failure?)", CAUSE_MISSING)
-        fsync_directory(self.segment_dir)
-        report = RecoveryReport(temps, unindexed, missing)
-        if not report.clean:
-            log.warning(
-                "spool recovery: removed %d temp and %d unindexed file(s); %d segment(s) missing",
-                len(temps), len(unindexed), len(missing),
-            )  # fmt: skip
+    def _plan_room(self) -> None:
+        disk_bytes = self._disk_total(self.path)
+        plan = plan_room(disk_bytes, self._min_free_bytes)
+        self._room = DiskRoom(
+            self.path, plan, self._max_bytes, len(self.uplinks), self._disk_free, self._sink
+        )
+        if plan.floor_capped:
             self._sink.emit(
                 Event(
-                    "spool_recovered",
-                    "warning" if missing else "info",
-                    "spool cleaned up after an unclean stop",
+                    "config_problem",
+                    "warning",
+                    f"[spool] min_free_bytes ({self._min_free_bytes / 1e6:.0f} MB) is more than "
+                    f"the disk can keep free; using {plan.floor_bytes / 1e6:.0f} MB so "
+                    "recording goes on. Set a floor well below the disk's size.",
                     {
-                        "removed_temp_files": len(temps),
-                        "removed_unindexed_files": len(unindexed),
-                        "missing_segments": missing,
+                        "min_free_bytes": self._min_free_bytes,
+                        "effective_min_free_bytes": plan.floor_bytes,
+                        "disk_bytes": disk_bytes,
                     },
                 )
             )
-        return report
+
+    @property
+    def room(self) -> RoomPlan:
+        return self._room.plan
+
+    def _open_index(self) -> tuple[RecoveryReport, str | None]:
+        """Connect to the index; a damaged one is moved aside (kept) and a new one started, as
+        is a new one when the old is gone but segment files are there. Returns the report
+        begun and the replaced index's recording id, when it could still be read."""
+        report = RecoveryReport()
+        file = self.path / INDEX_FILE
+        previous_id = None
+        if not file.exists() and any(self.segment_dir.glob("*.ts")):
+            report.damaged_index = f"{INDEX_FILE} is missing"
+            move_index_aside(file)  # a stale -wal must not be replayed into the new index
+        try:
+            db = index.connect_index(file, self._busy_timeout_s)
+        except DamagedIndex as exc:
+            report.damaged_index = str(exc)
+            moved = move_index_aside(file)
+            report.moved_index_to = None if moved is None else moved.name
+            previous_id = None if moved is None else index.recording_id_of(moved)
+            db = index.connect_index(file, self._busy_timeout_s)
+        self._index = SpoolIndex(db, self._lock, self._sink, on_full=self._room.reserve.release)
+        self.recording_id = index.recording_id(db, create=True)
+        return report, previous_id
+
+    def _recover(self, recovery: Recovery, report: RecoveryReport) -> None:
+        """Settle what is quick, re-index files for up to REINDEX_AT_OPEN_S, and leave the
+        rest to a background thread (new segments are numbered after all of them)."""
+        orphans = recovery.scan(report)
+        self._seq_floor = max(orphans, default=-1) + 1
+        deadline_s = time.monotonic() + REINDEX_AT_OPEN_S
+        while orphans and time.monotonic() < deadline_s:
+            recovery.reindex(orphans.pop(0), report)
+        if orphans:
+            log.warning("re-indexing %d more segment file(s) in the background", len(orphans))
+            self._reindexer = threading.Thread(
+                target=self._reindex_rest, args=(recovery, orphans, report), name="spool-reindex"
+            )
+            self._reindexer.start()
+        else:
+            self._recovered.set()
+            recovery.done(report)
+        self._room.make_room(self._ix, 0)  # and writes the reserve if there is room
+
+    def _reindex_rest(self, recovery: Recovery, orphans: list[int], report: RecoveryReport) -> None:
+        for k, seq in enumerate(orphans):
+            if self._closing.is_set():
+                log.warning(
+                    "spool closed; %d file(s) left to re-index next start", len(orphans) - k
+                )
+                return
+            try:
+                recovery.reindex(seq, report)
+            except (OSError, sqlite3.Error, SpoolError) as exc:
+                # the file stays where it is; the next start re-indexes it
+                log.error("re-indexing segment %d failed: %s", seq, exc)
+            with self._lock:
+                self._added.notify_all()  # an uploader may take it now
+        self._recovered.set()
+        recovery.done(report)
+
+    def wait_recovered(self, timeout_s: float) -> bool:
+        """True once every segment file found at open is in the index."""
+        return self._recovered.wait(timeout_s)
 
     # -- writing ---------------------------------------------------------------------------
 
     def next_seq(self) -> int:
         with self._lock:
             row = self.db.execute("SELECT MAX(seq) FROM segments").fetchone()
-            return 0 if row[0] is None else int(row[0]) + 1
+            return max(0 if row[0] is None else int(row[0]) + 1, self._seq_floor)
 
     def add(self, segment: EncodedSegment) -> SegmentRecord:
-        """Store a segment durably and index it; then enforce the quota."""
+        """Store a segment durably and index it, after making room for it. Its start is kept
+        after the previous segment's end (a backward clock step is clamped and marked)."""
+        data = segment.data
+        sha = hashlib.sha256(data).hexdigest()
         with self._lock:
             seq = self.next_seq()
-            row = self.db.execute("SELECT sha256 FROM segments WHERE seq = ?", (seq - 1,))
-            prev = row.fetchone()
-            prev_sha = prev[0] if prev else GENESIS_SHA256
-            sha = hashlib.sha256(segment.data).hexdigest()
-            self._make_room(incoming_bytes=len(segment.data))
+            prev = self._ix.previous(seq)
+            started, clamped_s, note = index.monotonic_start(segment.started_utc, prev)
+            # a discontinuity where the clamping starts or changes (a step); the segments after
+            # it are clamped by the same amount and continue the index's timeline seamlessly
+            stepped = clamped_s > 0 and abs(clamped_s - self._clamped_s) > CLOCK_TOLERANCE_S
+            self._clamped_s = clamped_s
+            self._room.make_room(self._ix, len(data))
             final = self.segment_dir / segment_file_name(seq)
-            write_atomic(final, segment.data, mode=SEGMENT_MODE)
-            rung = segment.rung
-            with self._transaction() as db:
-                db.execute(
-                    "INSERT INTO segments (seq, started_utc, duration_s, bytes, sha256,"
-                    " prev_sha256, width, height, fps, bitrate_bps, encoder, discontinuity,"
-                    " created_utc) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        seq, segment.started_utc, segment.duration_s, len(segment.data), sha,
-                        prev_sha, rung.width, rung.height, rung.fps, rung.bitrate_bps,
-                        segment.encoder, int(segment.discontinuity), utc_now_iso(),
-                    ),
-                )  # fmt: skip
+            self._room.write_segment(self._ix, final, data)
+            row = Row(
+                seq, started, segment.duration_s, len(data), sha,
+                prev.sha256 if prev else GENESIS_SHA256, segment.rung, segment.encoder,
+                segment.discontinuity or stepped, note=note,
+            )  # fmt: skip
+            try:
+                self._ix.commit(lambda db: index.insert_row(db, row))
+            except BaseException:
+                # no row: the file must not come back at the next start as a re-indexed
+                # segment while the writer retries it or reports it dropped
+                final.unlink(missing_ok=True)
+                raise
             self._added.notify_all()
             return self.get(seq)
 
-    def _make_room(self, incoming_bytes: int) -> None:
-        """Evict before writing, so the new segment fits the quota and the free-disk floor.
-        Cheap when nothing needs to go (one SUM); the full list is read only to evict."""
-        total = int(
-            self.db.execute(
-                "SELECT COALESCE(SUM(bytes), 0) FROM segments WHERE evicted = 0"
-            ).fetchone()[0]
-        )
-        free_after = self._disk_free(self.path) - incoming_bytes
-        self._watch_disk(free_after)
-        if total + incoming_bytes <= self._max_bytes and free_after >= self._min_free_bytes:
-            return
-        stored = [
-            StoredSegment(seq, nbytes, bool(uploaded))
-            for seq, nbytes, uploaded in self.db.execute(
-                "SELECT s.seq, s.bytes,"
-                " (SELECT COUNT(*) FROM uploads u WHERE u.seq = s.seq) >= ?"
-                " FROM segments s WHERE s.evicted = 0 ORDER BY s.seq",
-                (len(self.uplinks),),
-            )
-        ]
-        victims = choose_evictions(
-            stored,
-            self._max_bytes - incoming_bytes,
-            free_after,
-            self._min_free_bytes,
-        )
-        for victim in victims:
-            # the row first: a power cut in between leaves a file that recovery removes,
-            # never a row whose file is gone
-            self.db.execute("UPDATE segments SET evicted = 1 WHERE seq = ?", (victim.seq,))
-            (self.segment_dir / segment_file_name(victim.seq)).unlink(missing_ok=True)
-            if not victim.uploaded:
-                self._record_loss(victim.seq, "spool full: evicted before upload")
-
-    def _watch_disk(self, free_after: int) -> None:
-        """One `disk_low` event when the free-disk floor starts forcing evictions; re-armed
-        once there is clearly room again (hysteresis, so it does not flap)."""
-        if free_after < self._min_free_bytes and not self._disk_low:
-            self._disk_low = True
-            self._sink.emit(
-                Event(
-                    "disk_low",
-                    "warning",
-                    f"disk nearly full: {free_after / 1e6:.0f} MB free, floor "
-                    f"{self._min_free_bytes / 1e6:.0f} MB; oldest uploaded segments are deleted",
-                    {"free_bytes": free_after, "min_free_bytes": self._min_free_bytes},
-                )
-            )
-        elif free_after > self._min_free_bytes * DISK_OK_FACTOR and self._disk_low:
-            self._disk_low = False
-
-    def _record_loss(self, seq: int, reason: str, cause: str = CAUSE_EVICTED) -> None:
-        """In its own transaction: the row marked gone and the `lost` row; then the event."""
-        with self._transaction() as db:
-            nbytes = self._insert_loss(db, seq, reason, cause)
-        self._report_loss(seq, nbytes, reason)
-
-    def _insert_loss(self, db: sqlite3.Connection, seq: int, reason: str, cause: str) -> int:
-        """Inside the caller's transaction: the row no longer pending, and its `lost` row."""
-        row = db.execute("SELECT bytes FROM segments WHERE seq = ?", (seq,)).fetchone()
-        nbytes = int(row[0]) if row else 0
-        db.execute("UPDATE segments SET evicted = 1 WHERE seq = ?", (seq,))
-        db.execute(
-            "INSERT OR REPLACE INTO lost (seq, bytes, reason, lost_utc, cause) VALUES (?,?,?,?,?)",
-            (seq, nbytes, reason, utc_now_iso(), cause),
-        )
-        return nbytes
-
-    def _report_loss(self, seq: int, nbytes: int, reason: str) -> None:
-        """After the loss is committed: the log line and the critical event."""
-        log.error("segment %d lost: %s", seq, reason)
-        self._sink.emit(
-            Event(
-                "segment_dropped",
-                "critical",
-                f"segment {seq} was lost before upload: {reason}",
-                {"seq": seq, "bytes": nbytes, "reason": reason},
-            )
-        )
-
-    def _uploaded_everywhere(self, seq: int) -> bool:
-        row = self.db.execute("SELECT COUNT(*) FROM uploads WHERE seq = ?", (seq,)).fetchone()
-        return int(row[0]) >= len(self.uplinks)
+    def count_unstored(self) -> None:
+        """The writer gave a segment up before it had a seq (reported by the writer); counted
+        with the lost segments in `stats()`."""
+        self._unstored += 1  # one writer thread calls this; readers see a whole int
 
     def mark_uploaded(self, seq: int, uplink: str) -> None:
-        with self._transaction() as db:
+        """Recorded even on a full disk: the reserve is released, and if that is not enough,
+        room is made; an error here means the disk cannot take a row at all."""
+
+        def mark(db: sqlite3.Connection) -> None:
             db.execute(
                 "INSERT OR IGNORE INTO uploads (seq, uplink, uploaded_utc) VALUES (?,?,?)",
                 (seq, uplink, utc_now_iso()),
             )
+
+        with self._lock:
+            try:
+                self._ix.commit(mark)
+            except sqlite3.OperationalError as exc:
+                if not is_disk_full(exc):
+                    raise
+                log.warning("the disk is full; making room to record the upload of %d", seq)
+                self._room.make_room(self._ix, 0)
+                self._ix.commit(mark)
+
+    def last_segment_end_utc(self) -> str | None:
+        """When the newest indexed segment ended (its start plus its duration), or None: at
+        start, a wall clock behind this has stepped back since the last recording."""
+        with self._lock:
+            prev = self._ix.previous(self.next_seq())
+        return None if prev is None else utc_iso(prev.end_s)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -486,7 +409,8 @@ class Spool:
         query = (
             "SELECT s.seq, s.started_utc, s.duration_s, s.bytes, s.sha256, s.prev_sha256,"  # noqa: S608
             " s.width, s.height, s.fps, s.bitrate_bps, s.encoder, s.discontinuity, s.evicted,"
-            f" (SELECT group_concat(u.uplink) FROM uploads u WHERE u.seq = s.seq), {self._note}"
+            " (SELECT group_concat(u.uplink) FROM uploads u WHERE u.seq = s.seq),"
+            f" {self._extra_columns}"
             f" FROM segments s {where} ORDER BY s.seq {order} LIMIT ?"
         )
         with self._lock:
@@ -497,6 +421,7 @@ class Spool:
                 nbytes=r[3], sha256=r[4], prev_sha256=r[5], rung=Rung(r[6], r[7], r[8], r[9]),
                 encoder=r[10], discontinuity=bool(r[11]), evicted=bool(r[12]),
                 uploaded_to=tuple(sorted(r[13].split(","))) if r[13] else (), note=r[14],
+                recovered=bool(r[15]),
             )
             for r in rows
         ]  # fmt: skip
@@ -529,9 +454,6 @@ class Spool:
                 (seq,),
             ).fetchone()
         return int(row[0])
-
-    def read(self, seq: int) -> bytes:
-        return (self.segment_dir / segment_file_name(seq)).read_bytes()
 
     def read_verified(self, seq: int) -> bytes:
         """The segment's bytes, checked against the size and SHA-256 stored with it: only a
@@ -568,7 +490,7 @@ class Spool:
                 moved = quarantine_file(file, self.path / QUARANTINE_DIR, self.recording_id)
                 reason += f"; kept as {QUARANTINE_DIR}/{moved.name}"
             cause = CAUSE_CORRUPT if problem is SegmentCorrupt else CAUSE_MISSING
-            self._record_loss(seq, reason, cause)
+            self._ix.record_loss(seq, reason, cause)
         raise problem(seq, reason)
 
     def _unavailable(self, seq: int) -> SegmentUnavailable:
@@ -599,10 +521,12 @@ class Spool:
             lost = self.db.execute("SELECT COUNT(*) FROM lost").fetchone()[0]
             last = self.db.execute("SELECT MAX(seq) FROM segments").fetchone()[0]
         return {
+            "recording_id": self.recording_id,
             "segments": stored[0],
             "bytes": stored[1],
             "seconds": round(stored[2], 3),
-            "lost_segments": lost,
+            "lost_segments": lost + self._unstored,  # with those never stored (no row)
+            "unstored_segments": self._unstored,
             "last_seq": last,
             "disk_free_bytes": self._disk_free(self.path),
         }

@@ -51,32 +51,44 @@ def _ls(args: argparse.Namespace) -> int:
         return 2
     if args.json:
         for record in records:
-            row = record.as_dict() | {"lost": lost.get(record.seq)}
+            row = record.as_dict() | {
+                "object_name": record.object_name,
+                "lost": lost.get(record.seq),
+            }
             print(json.dumps(row))
         return 0
+    print(f"recording {spool.recording_id or '-'} (objects upstream: <recording>/<seq>.ts)")
     print(
         f"{'seq':>8} {'started (UTC)':24} {'dur s':>6} {'bytes':>9} {'rung':>14} "
-        f"{'sha256':12} {'prev':12} {'state':10} uploaded_to"
+        f"{'sha256':12} {'prev':12} {'state':10} {'uploaded_to':12} note"
     )
     for r in records:
         state = "lost" if r.seq in lost else ("evicted" if r.evicted else "on disk")
         print(
             f"{r.seq:>8} {r.started_utc:24} {r.duration_s:>6.3f} {r.nbytes:>9} "
-            f"{r.rung.name:>14} {r.sha256[:12]} {r.prev_sha256[:12]} {state:10} "
-            f"{','.join(r.uploaded_to) or '-'}"
+            f"{r.rung.name:>14} {r.sha256[:12]:12} {r.prev_sha256[:12]} {state:10} "
+            f"{','.join(r.uploaded_to) or '-':12} {r.note}"
         )
     return 0
 
 
 def verify_spool(path: Path, spool: Spool) -> list[str]:
-    """Every problem found, one line each; an empty list means the spool is sound."""
+    """Every problem found, one line each; an empty list means the spool is sound.
+
+    Each row links to the row before it. Segment files re-indexed at start are inserted into
+    the chain where their sequence number puts them (a background re-index may place them
+    under a segment recorded meanwhile), so a row may instead link past a run of re-indexed
+    rows to the row before that run (or to the genesis)."""
     problems: list[str] = []
     records = spool.segments()
     lost = {seq for seq, _, _ in spool.lost()}
     previous: SegmentRecord | None = None
+    before_reentry = GENESIS_SHA256  # the chain as it stood before a run of re-indexed rows
     for record in records:
         problems += _check_file(path, record)
-        expected_prev = previous.sha256 if previous else GENESIS_SHA256
+        expected = {previous.sha256 if previous else GENESIS_SHA256}
+        if previous is not None and previous.recovered:
+            expected.add(before_reentry)
         if previous is not None and record.seq != previous.seq + 1:
             holes = set(range(previous.seq + 1, record.seq)) - lost
             if holes:
@@ -84,13 +96,15 @@ def verify_spool(path: Path, spool: Spool) -> list[str]:
                     f"segments {min(holes)}..{max(holes)} are missing from the index "
                     "and not reported as lost"
                 )
-            expected_prev = ""  # the chain cannot be checked across a hole
-        if expected_prev and record.prev_sha256 != expected_prev:
+            expected = set()  # the chain cannot be checked across a hole
+        if expected and record.prev_sha256 not in expected:
             problems.append(
                 f"segment {record.seq}: hash chain broken (prev_sha256 "
-                f"{record.prev_sha256[:12]} != {expected_prev[:12]} of segment "
-                f"{previous.seq if previous else 'genesis'})"
+                f"{record.prev_sha256[:12]} != {previous.sha256[:12] if previous else 'genesis'}"
+                f" of segment {previous.seq if previous else 'genesis'})"
             )
+        if not record.recovered:
+            before_reentry = record.sha256
         previous = record
     indexed = {r.seq for r in records if not r.evicted}
     for entry in sorted((path / SEGMENT_DIR).glob("*")):
@@ -131,5 +145,8 @@ def _verify(args: argparse.Namespace) -> int:
     if problems:
         print(f"{len(problems)} problem(s) in {count} indexed segment(s)")
         return 1
-    print(f"OK {count} segment(s), hash chain intact, {lost} reported lost")
+    print(
+        f"OK recording {spool.recording_id or '-'}: {count} segment(s), hash chain intact, "
+        f"{lost} reported lost"
+    )
     return 0
