@@ -4,6 +4,7 @@ cannot be stored by shutdown reported, never silently lost."""
 from __future__ import annotations
 
 import shutil
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,3 +88,63 @@ def test_a_segment_unstorable_at_shutdown_is_reported_dropped(
     assert dropped.fields["bytes"] == 2_000
     assert writer.segments_stored == 0 and store.segments() == []
     assert sink.kinds().count("spool_write_failed") == 1  # reported once, not per attempt
+
+
+def locked_index(store: Spool) -> sqlite3.Connection:
+    """Another connection holding the index's write lock (a technician's sqlite3 shell, a
+    stuck `spool` command): every write of the spool waits, then fails."""
+    locker = sqlite3.connect(store.path / "index.sqlite", isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    return locker
+
+
+def accounted(store: Spool, sink: RecordingSink, count: int) -> None:
+    """Every segment put is stored or reported dropped (with its recording time), once."""
+    stored = [r.started_utc for r in store.segments()]
+    dropped = [e.fields["started_utc"] for e in sink.events if e.kind == "segment_dropped"]
+    assert sorted(stored + dropped) == [segment(k).started_utc for k in range(count)]
+    assert store.stats()["unstored_segments"] == len(dropped)
+    assert store.stats()["lost_segments"] == len(dropped)  # the heartbeat tells the truth
+
+
+def test_a_locked_index_at_stop_loses_nothing_unreported(tmp_path: Path) -> None:
+    sink = RecordingSink()
+    store = Spool(tmp_path / "spool", ["http"], 10**9, 0, sink, busy_timeout_s=1.0)
+    store.open()
+    writer = SpoolWriter(store, sink, drain_s=3.0)
+    writer.start()
+    locker = locked_index(store)
+    for k in range(8):
+        writer.put(segment(k))
+    assert sink.wait_for("spool_write_failed", TIMEOUT_S) is not None
+    writer.stop()
+    locker.execute("ROLLBACK")
+    locker.close()
+    accounted(store, sink, 8)
+    assert writer.segments_dropped == 8 and writer.segments_stored == 0
+    writer.put(segment(8))  # after the stop: reported at once, not left in a queue
+    accounted(store, sink, 9)
+    assert list(store.segment_dir.iterdir()) == []  # no file that a restart would re-index
+    store.close()
+
+
+def test_a_writer_stuck_in_the_index_is_given_up_and_its_segments_reported(
+    tmp_path: Path,
+) -> None:
+    sink = RecordingSink()
+    # one write waits longer on the lock than the stop can: the thread is given up
+    store = Spool(tmp_path / "spool", ["http"], 10**9, 0, sink, busy_timeout_s=6.0)
+    store.open()
+    writer = SpoolWriter(store, sink, drain_s=0.5)
+    writer.start()
+    locker = locked_index(store)
+    for k in range(4):
+        writer.put(segment(k))
+    writer.stop()
+    accounted(store, sink, 4)
+    assert writer.segments_dropped == 4
+    assert sink.wait_for("spool_write_failed", TIMEOUT_S) is not None  # the stuck write failed
+    locker.execute("ROLLBACK")
+    locker.close()
+    accounted(store, sink, 4)  # and was not reported a second time
+    store.close()

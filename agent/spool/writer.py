@@ -2,14 +2,17 @@
 
 The encoder hands each finished segment to `put()`; a bounded queue absorbs a slow disk, and one
 thread stores the segments in order. A full or failing disk is reported once
-(`spool_write_failed`) and retried every second with the segment kept in memory; at shutdown each
-segment gets a last few tries, and one that still cannot be stored is reported
-(`segment_dropped`) so a stop stays within systemd's TimeoutStopSec.
+(`spool_write_failed`) and retried every second with the segment kept in memory. At stop the
+queue is drained against a deadline: each segment gets a last few tries while time is left,
+and every segment not stored by then — queued, in hand, or put after the stop — is reported
+(`segment_dropped` with its `started_utc`), so nothing vanishes unreported and the stop fits
+systemd's TimeoutStopSec whatever the disk or the index lock does.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import sqlite3
 import threading
@@ -17,6 +20,7 @@ import time
 
 from agent.core.events import Event, EventSink
 from agent.encode.segmenter import EncodedSegment
+from agent.spool.index import BUSY_TIMEOUT_S
 from agent.spool.store import Spool, SpoolError
 
 log = logging.getLogger(__name__)
@@ -24,21 +28,32 @@ log = logging.getLogger(__name__)
 SPOOL_QUEUE_SEGMENTS = 8  # segments waiting for a slow disk before the encoder blocks
 SPOOL_RETRY_S = 1.0
 # A clean stop must fit systemd's TimeoutStopSec (30 s): the encoder finishes its segment
-# (<= segment_s), the spool gets SPOOL_DRAIN_S and each segment at most SHUTDOWN_STORE_ATTEMPTS
-# tries, uploads UPLOAD_DRAIN_S (agent/service/pipeline.py), telemetry ~3 s.
+# (<= segment_s), the spool writer stores what is queued for at most SPOOL_DRAIN_S (a store
+# begun just before that deadline may wait BUSY_TIMEOUT_S more on a locked index), each segment
+# at most SHUTDOWN_STORE_ATTEMPTS tries; uploads get UPLOAD_DRAIN_S (agent/service/pipeline.py),
+# telemetry ~3 s.
 SPOOL_DRAIN_S = 10.0
 SHUTDOWN_STORE_ATTEMPTS = 2
+STOP_GRACE_S = 2.0  # past the drain and one busy wait, the thread is given up (a hung disk)
+QUEUE_POLL_S = 0.5  # how often an idle writer looks whether it is stopping
 
 
 class SpoolWriter:
-    def __init__(self, spool: Spool, sink: EventSink) -> None:
+    def __init__(self, spool: Spool, sink: EventSink, drain_s: float = SPOOL_DRAIN_S) -> None:
         self._spool = spool
         self._sink = sink
-        self._segments: queue.Queue[EncodedSegment | None] = queue.Queue(SPOOL_QUEUE_SEGMENTS)
+        self._drain_s = drain_s
+        self._segments: queue.Queue[EncodedSegment] = queue.Queue(SPOOL_QUEUE_SEGMENTS)
         self._stopping = threading.Event()
+        self._deadline_s = math.inf  # monotonic; set by stop()
+        # who reports a segment that was not stored: the thread, until stop() gives it up
+        self._lock = threading.Lock()
+        self._in_hand: EncodedSegment | None = None
+        self._given_up = False
         # a daemon: a disk that hangs for good must not keep the process from exiting
         self._thread = threading.Thread(target=self._run, name="spool", daemon=True)
         self.segments_stored = 0  # the watchdog's progress counter
+        self.segments_dropped = 0
 
     @property
     def queue_empty(self) -> bool:
@@ -49,37 +64,72 @@ class SpoolWriter:
         self._thread.start()
 
     def put(self, segment: EncodedSegment) -> None:
-        """From the encode thread; blocks only when the disk is SPOOL_QUEUE_SEGMENTS behind."""
+        """From the encode thread; blocks only when the disk is SPOOL_QUEUE_SEGMENTS behind.
+        A segment put after the stop is reported, never silently left in the queue."""
+        with self._lock:
+            given_up = self._given_up
+        if given_up:
+            self._drop(segment, "it arrived after the spool writer stopped")
+            return
         self._segments.put(segment)
 
     def stop(self) -> None:
-        """Store what is queued (each segment at most SHUTDOWN_STORE_ATTEMPTS more tries),
-        waiting at most about 2 * SPOOL_DRAIN_S. Call after the encoder has stopped."""
+        """Store what is queued while SPOOL_DRAIN_S lasts, then report every segment left.
+        Returns within about SPOOL_DRAIN_S + BUSY_TIMEOUT_S + STOP_GRACE_S. Call after the
+        encoder has stopped."""
+        self._deadline_s = time.monotonic() + self._drain_s
         self._stopping.set()
-        try:
-            self._segments.put(None, timeout=SPOOL_DRAIN_S)
-        except queue.Full:
-            log.error("the spool is not keeping up; stopping without waiting for it")
-        self._thread.join(timeout=SPOOL_DRAIN_S)
+        self._thread.join(timeout=self._drain_s + BUSY_TIMEOUT_S + STOP_GRACE_S)
+        with self._lock:
+            self._given_up = True
+            left = [self._in_hand] if self._in_hand is not None else []
+        if left:
+            log.error("the spool writer is stuck on a segment; stopping without it")
+        while True:
+            try:
+                left.append(self._segments.get_nowait())
+            except queue.Empty:
+                break
+        for segment in left:
+            self._drop(segment, "the disk did not take it before shutdown")
 
     def _run(self) -> None:
-        while True:
-            segment = self._segments.get()
-            if segment is None:
+        while not (self._stopping.is_set() and self._segments.empty()):
+            try:
+                segment = self._segments.get(timeout=QUEUE_POLL_S)
+            except queue.Empty:
+                continue
+            with self._lock:
+                if self._given_up:  # stop() has already reported what it could see
+                    self._drop(segment, "the disk did not take it before shutdown")
+                    return
+                self._in_hand = segment
+            problem = self._store(segment)
+            with self._lock:
+                self._in_hand = None
+                given_up = self._given_up
+            if problem is not None and not given_up:  # (else stop() reported it)
+                self._drop(segment, problem)
+            if given_up:
                 return
-            self._store(segment)
 
-    def _store(self, segment: EncodedSegment) -> None:
+    def _store(self, segment: EncodedSegment) -> str | None:
         """Store with retries: a full or failing disk is reported and retried every second,
-        the segment kept in memory meanwhile; at shutdown each segment gets a last few tries."""
+        the segment kept in memory meanwhile. Once stopping, it gets at most
+        SHUTDOWN_STORE_ATTEMPTS more tries and no try after the drain deadline. Returns None
+        when stored, else why not."""
         failures = 0
+        error = "queued behind a slow disk"
         while True:
+            if self._stopping.is_set() and time.monotonic() >= self._deadline_s:
+                return f"no time left before shutdown ({error})"
             try:
                 self._spool.add(segment)
                 self.segments_stored += 1
-                return
+                return None
             except (OSError, SpoolError, sqlite3.Error) as exc:
                 failures += 1
+                error = str(exc)
                 log.error("cannot store segment (attempt %d): %s", failures, exc)
                 if failures == 1:
                     self._sink.emit(
@@ -87,15 +137,19 @@ class SpoolWriter:
                             "spool_write_failed",
                             "critical",
                             f"cannot store segment: {exc}",
-                            {"error": str(exc)},
+                            {"error": error},
                         )
                     )
                 if self._stopping.is_set() and failures >= SHUTDOWN_STORE_ATTEMPTS:
-                    self._drop_unstored(segment, str(exc))
-                    return
-                time.sleep(SPOOL_RETRY_S)
+                    return error
+                self._stopping.wait(SPOOL_RETRY_S)  # no wait once stopping: the deadline rules
 
-    def _drop_unstored(self, segment: EncodedSegment, reason: str) -> None:
+    def _drop(self, segment: EncodedSegment, reason: str) -> None:
+        """A segment that never got a place in the spool: no seq, no row; the event carries
+        its recording time, and the spool counts it with the lost segments."""
+        self.segments_dropped += 1
+        self._spool.count_unstored()
+        log.error("segment recorded at %s dropped: %s", segment.started_utc, reason)
         self._sink.emit(
             Event(
                 "segment_dropped",
