@@ -21,7 +21,6 @@ from agent.adapt.throughput import ThroughputEstimator
 from agent.capture.capture import Capture
 from agent.capture.privacy import PrivacyMasker
 from agent.capture.sources import open_source
-from agent.core.clock import parse_utc, utc_iso
 from agent.core.config import Secrets
 from agent.core.events import Event, EventFanout
 from agent.core.redact import redact_url
@@ -212,15 +211,9 @@ class Pipeline:
     def _check_clock(self) -> None:
         """At start: is the wall clock behind the end of what was recorded before?"""
         self.clock_watch.tick(time.time(), time.monotonic())  # the reference for the ticks
-        last_seq = self.spool.next_seq() - 1
-        if last_seq < 0:
+        end_utc = self.spool.last_segment_end_utc()  # (a re-index may still be filling in)
+        if end_utc is None:
             return  # a new spool: nothing recorded before
-        last = self.spool.get(last_seq)
-        try:
-            end_utc = utc_iso(parse_utc(last.started_utc) + last.duration_s)
-        except ValueError as exc:
-            log.warning("segment %d: unreadable started_utc: %s", last.seq, exc)
-            return
         event = clock_behind(time.time(), end_utc)
         if event is not None:
             log.warning("%s", event.message)
