@@ -172,7 +172,8 @@ class EncodeLoop:
             if delay_s > 0:
                 time.sleep(delay_s)  # pacing: a tick is at most one frame interval away
             pts = pts_base + round(tick * PTS_HZ / rung.fps)
-            keyframe = tick // per_segment != segment_index
+            # a stop ends the segment at this frame (a short last segment), not at its boundary
+            keyframe = tick // per_segment != segment_index or self._stop.is_set()
             if keyframe:
                 stopping = self._stop.is_set()
                 wanted = rung if stopping else self._wanted_rung()

@@ -34,10 +34,27 @@ from agent.uplink import SegmentOutput, open_outputs, output_names
 
 log = logging.getLogger(__name__)
 
-# A clean stop must fit systemd's TimeoutStopSec (30 s): the encoder finishes its segment
-# (<= segment_s), the spool writer drains (SPOOL_DRAIN_S in agent/spool/writer.py), uploads get
-# UPLOAD_DRAIN_S, telemetry ~3 s.
+# A clean stop must fit systemd's TimeoutStopSec (30 s) with a margin, whatever the camera, the
+# disk or the server do: the pipeline gets STOP_BUDGET_S, telemetry's goodbye ~3 s after it
+# (agent/telemetry/service.py STOP_FLUSH_TIMEOUT_S), leaving ~3 s for the process to exit.
+STOP_BUDGET_S = 24.0
+# the encoder ends its segment at the next frame (agent/encode/loop.py): one frame interval,
+# the flush of the encoder and the last mux; a hardware encoder or a slow box may take seconds
+ENCODER_STOP_S = 4.0
+CAPTURE_STOP_S = 2.0  # the capture thread is a daemon: a camera stuck in a read is left behind
 UPLOAD_DRAIN_S = 3.0
+
+
+def stop_plan() -> dict[str, float]:
+    """Seconds each stage may take to stop, in order; their sum is STOP_BUDGET_S. The spool
+    writer gets what is left after the others (its busy wait and grace come out of its share)."""
+    spool_s = STOP_BUDGET_S - ENCODER_STOP_S - CAPTURE_STOP_S - UPLOAD_DRAIN_S
+    return {
+        "encode": ENCODER_STOP_S,
+        "capture": CAPTURE_STOP_S,
+        "spool": spool_s,
+        "uplink": UPLOAD_DRAIN_S,
+    }
 
 
 class Pipeline:
@@ -220,11 +237,13 @@ class Pipeline:
             self.events.emit(event)
 
     def stop(self) -> None:
-        self.encode.stop(timeout_s=self.cfg.encode.segment_s * 3 + 5)
-        self.capture.stop()
-        self.spool_writer.stop()
-        for output in self.outputs:
-            output.stop(drain_s=UPLOAD_DRAIN_S)
+        """Stop in data-flow order within STOP_BUDGET_S (see stop_plan)."""
+        plan = stop_plan()
+        self.encode.stop(timeout_s=plan["encode"])
+        self.capture.stop(timeout_s=plan["capture"])
+        self.spool_writer.stop(budget_s=plan["spool"])
+        for output in self.outputs:  # in parallel would be better; one output is the norm
+            output.stop(drain_s=plan["uplink"] / max(1, len(self.outputs)))
         self.spool.close()
 
     def _pinned_name(self) -> str | None:

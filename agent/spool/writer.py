@@ -33,6 +33,7 @@ SPOOL_RETRY_S = 1.0
 # at most SHUTDOWN_STORE_ATTEMPTS tries; uploads get UPLOAD_DRAIN_S (agent/service/pipeline.py),
 # telemetry ~3 s.
 SPOOL_DRAIN_S = 10.0
+MIN_DRAIN_S = 1.0  # even a squeezed stop tries each queued segment once
 SHUTDOWN_STORE_ATTEMPTS = 2
 STOP_GRACE_S = 2.0  # past the drain and one busy wait, the thread is given up (a hung disk)
 QUEUE_POLL_S = 0.5  # how often an idle writer looks whether it is stopping
@@ -73,13 +74,17 @@ class SpoolWriter:
             return
         self._segments.put(segment)
 
-    def stop(self) -> None:
-        """Store what is queued while SPOOL_DRAIN_S lasts, then report every segment left.
-        Returns within about SPOOL_DRAIN_S + BUSY_TIMEOUT_S + STOP_GRACE_S. Call after the
-        encoder has stopped."""
-        self._deadline_s = time.monotonic() + self._drain_s
+    def stop(self, budget_s: float | None = None) -> None:
+        """Store what is queued while the drain lasts, then report every segment left.
+        Returns within about drain + BUSY_TIMEOUT_S + STOP_GRACE_S, which is `budget_s` when
+        given (the pipeline's stop plan) or SPOOL_DRAIN_S + the two. Call after the encoder
+        has stopped."""
+        drain_s = self._drain_s
+        if budget_s is not None:
+            drain_s = max(MIN_DRAIN_S, budget_s - BUSY_TIMEOUT_S - STOP_GRACE_S)
+        self._deadline_s = time.monotonic() + drain_s
         self._stopping.set()
-        self._thread.join(timeout=self._drain_s + BUSY_TIMEOUT_S + STOP_GRACE_S)
+        self._thread.join(timeout=drain_s + BUSY_TIMEOUT_S + STOP_GRACE_S)
         with self._lock:
             self._given_up = True
             left = [self._in_hand] if self._in_hand is not None else []
