@@ -2,49 +2,40 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+import tomlkit
 
 STATION = "TEST-0001"
 SMALL_CAPTURE = {"source": "test:", "width": 320, "height": 240, "fps": 15}
 SMALL_RUNG = {"width": 320, "height": 240, "fps": 15, "bitrate_bps": 300_000}
 
 
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str | Path):
-        return json.dumps(str(value))
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+def _plain(value: Any) -> Any:
+    """Paths as strings, recursively: what tomlkit writes."""
+    if isinstance(value, Path):
+        return str(value)
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot write {value!r} as TOML")
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def toml_value(value: Any) -> str:
+    """One value as inline TOML (tables inline), e.g. for a hand-made line `key = value`."""
+    value = _plain(value)
+    if isinstance(value, dict):
+        table = tomlkit.inline_table()
+        table.update(value)
+        return table.as_string()
+    return tomlkit.item(value).as_string()
 
 
 def write_toml(path: Path, data: dict[str, Any]) -> Path:
-    """A tiny TOML writer for test configs: top-level keys, then [section] and [a.b] tables."""
-    lines: list[str] = []
-    tables: list[tuple[str, dict[str, Any]]] = []
-
-    def walk(prefix: str, table: dict[str, Any]) -> None:
-        plain = {k: v for k, v in table.items() if not isinstance(v, dict)}
-        if prefix:
-            tables.append((prefix, plain))
-        else:
-            lines.extend(f"{k} = {toml_value(v)}" for k, v in plain.items())
-        for k, v in table.items():
-            if isinstance(v, dict):
-                walk(f"{prefix}.{k}" if prefix else k, v)
-
-    walk("", data)
-    for name, plain in tables:
-        lines.append(f"\n[{name}]")
-        lines.extend(f"{k} = {toml_value(v)}" for k, v in plain.items())
-    path.write_text("\n".join(lines) + "\n")
+    """A test config as TOML, through the same library the agent's tools write TOML with."""
+    path.write_text(tomlkit.dumps(_plain(data)))
     return path
 
 
