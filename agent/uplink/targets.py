@@ -1,9 +1,10 @@
 """Where segments and playlists go: an HTTP server that accepts PUT, or a local directory.
 
-Both take `put(name, data, content_type, sha256)` for `{station_id}/{name}` and raise
-`RetryableUploadError` (the link or the server is unwell: try again later) or
-`RejectedUploadError` (the server said no: wrong credential, wrong path; back off long, keep
-the data, tell central staff). Secrets are held as SecretStr and never logged.
+Both take `put(name, data, content_type, sha256)` for `{station_id}/{name}` (a name may hold a
+folder: `{recording_id}/00000012.ts`) and `get(name)` (the bytes, or None if there is no such
+object), and raise `RetryableUploadError` (the link or the server is unwell: try again later) or
+`RejectedUploadError` (the server said no: wrong credential, wrong path, too large; keep the
+data, tell central staff). Secrets are held as SecretStr and never logged.
 """
 
 from __future__ import annotations
@@ -55,7 +56,13 @@ class UploadTarget(Protocol):
         progress: Progress | None = None,
     ) -> None: ...
 
+    def get(self, name: str) -> bytes | None:
+        """The object's bytes; None when the server has no such object (HTTP 404)."""
+
     def delete(self, name: str) -> None: ...
+
+    def set_credentials(self, secrets: Secrets) -> None:
+        """Use these secrets from now on (a technician fixed a credential file: SIGHUP)."""
 
     def close(self) -> None: ...
 
@@ -132,12 +139,22 @@ class HttpTarget:
         body: bytes | Iterator[bytes] = data if progress is None else _chunks(data, progress)
         self._send("PUT", name, body, headers)
 
+    def get(self, name: str) -> bytes | None:
+        response = self._send("GET", name, None, self._headers(), absent_ok=True)
+        return None if response is None else response.content
+
     def delete(self, name: str) -> None:
         self._send("DELETE", name, None, self._headers())
 
     def _send(
-        self, method: str, name: str, data: bytes | Iterator[bytes] | None, headers: dict[str, str]
-    ) -> None:
+        self,
+        method: str,
+        name: str,
+        data: bytes | Iterator[bytes] | None,
+        headers: dict[str, str],
+        absent_ok: bool = False,
+    ) -> httpx.Response | None:
+        """The 2xx response; None for a 404 when `absent_ok`; otherwise raises."""
         url = f"{self._base}/{name}"
         try:
             response = self._client.request(
@@ -150,7 +167,9 @@ class HttpTarget:
             raise RejectedUploadError(0, reason) from exc
         status = response.status_code
         if 200 <= status < 300:
-            return
+            return response
+        if status == 404 and absent_ok:
+            return None
         reason = f"{method} {name}: HTTP {status} {response.reason_phrase}"
         if status in RETRYABLE_STATUS:
             retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
@@ -192,14 +211,27 @@ class FileTarget:
         sha256: str | None,
         progress: Progress | None = None,
     ) -> None:
+        path = self._dir / name
         try:
-            self._dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(self._dir / name, data)  # readers never see half a playlist
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, data)  # readers never see half a playlist
         except OSError as exc:
-            raise RetryableUploadError(f"writing {self._dir / name}: {exc}") from exc
+            raise RetryableUploadError(f"writing {path}: {exc}") from exc
+
+    def get(self, name: str) -> bytes | None:
+        path = self._dir / name
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise RetryableUploadError(f"reading {path}: {exc}") from exc
 
     def delete(self, name: str) -> None:
         (self._dir / name).unlink(missing_ok=True)
+
+    def set_credentials(self, secrets: Secrets) -> None:
+        """A local folder takes no credential."""
 
     def close(self) -> None:
         pass
