@@ -106,7 +106,6 @@ def signing_costs(segment: bytes, repeats: int, db_path: Path) -> dict[str, floa
         db.execute("INSERT INTO segments (seq) VALUES (?)", (seq,))
         append_us.append(timed_us(lambda: chain.append(db, facts))[1])  # noqa: B023
         db.execute("COMMIT")
-        chain.committed()
     db.close()
     return {
         "sha256_us": statistics.median(sha_us),

@@ -3,14 +3,27 @@ after clean and unclean stops, losses noted once in ranges, incidents from event
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import sqlite3
 from pathlib import Path
 
-from agent.core.events import Event
-from agent.core.keys import generate_private_key
+import pytest
+
+from agent.core.events import Event, RecordingSink
+from agent.core.keys import canonical_json, generate_private_key
 from agent.spool.chain import MAX_EVENT_NOTES, MAX_PENDING_NOTES, ManifestChain
-from agent.spool.manifest import GENESIS_SHA256, ManifestSigner, SegmentFacts, read_manifest
+from agent.spool.manifest import (
+    GENESIS_SHA256,
+    Manifest,
+    ManifestSigner,
+    SegmentFacts,
+    read_manifest,
+)
+from agent.spool.store import SegmentMissing, Spool
+from agent.tools.verify import KeyRing, verify_station
+from agent.tools.verify_files import FolderStore, read_station_or_recording
+from tests.test_spool_recovery import real_segments
 
 KEY = generate_private_key()
 TABLES = """
@@ -38,7 +51,6 @@ def store(chain: ManifestChain, db: sqlite3.Connection, seq: int) -> bytes:
     db.execute("INSERT INTO segments (seq) VALUES (?)", (seq,))
     body = chain.append(db, facts)
     db.execute("COMMIT")
-    chain.committed()
     return body
 
 
@@ -136,3 +148,61 @@ def test_a_failed_transaction_keeps_the_notes_for_the_next_manifest(tmp_path: Pa
     db.execute("ROLLBACK")  # e.g. the disk was full
     assert ManifestChain.manifest(db, 0) is None
     assert read_manifest(store(chain, db, 0)).notes[0]["kind"] == "start"
+
+
+def export(spool: Spool, folder: Path) -> Path:
+    """What the uploader puts upstream: each stored segment and its manifest."""
+    rec = folder / spool.recording_id
+    rec.mkdir(parents=True)
+    for record in spool.segments():
+        manifest = spool.manifest(record.seq)
+        if not record.evicted and manifest is not None:
+            (rec / record.file_name).write_bytes(spool.read_verified(record.seq))
+            (rec / f"{record.seq:08d}.json").write_bytes(manifest)
+    return folder
+
+
+def test_a_spool_signs_its_segments_re_indexed_files_and_losses(tmp_path: Path) -> None:
+    def open_signed() -> Spool:
+        chain = ManifestChain(ManifestSigner(KEY, "AZ-0001", "test"))
+        spool = Spool(tmp_path / "spool", ["http"], 10**9, 0, sink, disk_free=lambda p: 10**12,
+                      chain=chain)  # fmt: skip
+        spool.open()
+        return spool
+
+    sink = RecordingSink()
+    segments = real_segments(6)
+    spool = open_signed()
+    for segment in segments[:2]:
+        spool.add(segment)
+    spool.close()  # a clean stop
+    orphan = tmp_path / "spool" / "segments" / "00000002.ts"
+    orphan.write_bytes(segments[2].data)  # then a kill between its rename and its row
+    spool = open_signed()
+    assert spool.recovery is not None and spool.recovery.reindexed == [2]
+    spool.add(segments[3])
+    (tmp_path / "spool" / "segments" / "00000003.ts").unlink()  # gone before its upload
+    with pytest.raises(SegmentMissing):
+        spool.read_verified(3)
+    spool.add(segments[4])
+    spool.add(segments[5])
+    manifests = [read_manifest(spool.manifest(seq) or b"") for seq in range(6)]
+    assert [n["previous_stop"] for n in manifests[0].notes] == ["none"]
+    assert [n["previous_stop"] for n in manifests[2].notes] == ["clean"]  # the re-indexed one
+    assert manifests[2].prev_sha256 == manifests[1].sha256
+    assert [n["kind"] for n in manifests[4].notes] == ["lost"]
+    upstream = export(spool, tmp_path / "up" / "AZ-0001")
+    layout = read_station_or_recording(FolderStore(upstream), "AZ-0001")
+    result = verify_station("AZ-0001", layout.recordings, KeyRing({"AZ-0001": KEY.public_key()}))
+    assert [v.verdict for v in result.verdicts] == ["OK", "OK", "OK", "LOST", "OK", "OK"]
+    assert result.ok
+    spool.close()
+    spool = Spool.open_read_only(tmp_path / "spool")  # `spool ls` on a running agent's spool
+    assert spool.manifest(0) == manifests_bytes(manifests[0])
+
+
+def manifests_bytes(manifest: Manifest) -> bytes:
+    return (
+        canonical_json(manifest.fields | {"sig": base64.b64encode(manifest.signature).decode()})
+        + b"\n"
+    )

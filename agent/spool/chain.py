@@ -69,15 +69,19 @@ MAX_MESSAGE_CHARS = 200
 
 class ManifestChain:
     """Used by `Spool` under its lock: `open` at the spool's open, `append` inside the
-    transaction that stores a segment (then `committed`), `close` at a clean close.
-    `note_event` may be called from any thread."""
+    transaction that stores a segment, `close` at a clean close. `note_event` may be called
+    from any thread. Notes put into a manifest are forgotten once that manifest is the chain's
+    head (its transaction committed); after a rollback they go into the next one."""
 
     def __init__(self, signer: ManifestSigner) -> None:
         self.signer = signer
         self._lock = threading.Lock()
         self._notes: deque[dict[str, Any]] = deque()
         self._dropped = 0
-        self._taken = 0  # notes put into the manifest being committed
+        # the notes in the manifest signed last, until it is the chain's head (committed)
+        self._in_flight: list[dict[str, Any]] = []
+        self._in_flight_dropped = 0
+        self._signed_sha256 = ""
 
     @property
     def fingerprint(self) -> str:
@@ -102,26 +106,41 @@ class ManifestChain:
 
     def _add_note(self, note: dict[str, Any]) -> None:
         with self._lock:
-            if len(self._notes) >= MAX_PENDING_NOTES:
-                self._notes.popleft()
-                self._dropped += 1
             self._notes.append(note)
+            self._bound()
 
-    def _peek_notes(self) -> list[dict[str, Any]]:
+    def _bound(self) -> None:
+        while len(self._notes) > MAX_PENDING_NOTES:  # under `_lock`
+            self._notes.popleft()
+            self._dropped += 1
+
+    def _take_notes(self, head_sha256: str) -> list[dict[str, Any]]:
+        """The notes for the next manifest, after forgetting those the last one carried if it
+        was stored (it is the head)."""
         with self._lock:
-            notes = list(self._notes)[:MAX_EVENT_NOTES]
-            self._taken = len(notes)
+            self._settle(head_sha256)
+            count = min(MAX_EVENT_NOTES, len(self._notes))
+            self._in_flight = [self._notes.popleft() for _ in range(count)]
+            self._in_flight_dropped = self._dropped
+            notes = list(self._in_flight)
             if self._dropped:
                 notes.append({"kind": NOTE_DROPPED, "count": self._dropped})
             return notes
 
-    def committed(self) -> None:
-        """The manifest `append` made is stored: its notes are said."""
-        with self._lock:
-            for _ in range(min(self._taken, len(self._notes))):
-                self._notes.popleft()
-            self._taken = 0
-            self._dropped = 0
+    def _settle(self, head_sha256: str) -> None:
+        """Forget the notes the last manifest carried if it was stored, else take them back
+        (under `_lock`)."""
+        if self._signed_sha256 and head_sha256 == self._signed_sha256:
+            self._dropped = max(0, self._dropped - self._in_flight_dropped)
+        else:
+            self._notes.extendleft(reversed(self._in_flight))
+            self._bound()
+        self._signed_sha256, self._in_flight, self._in_flight_dropped = "", [], 0
+
+    @staticmethod
+    def _head(db: sqlite3.Connection) -> str | None:
+        row = db.execute("SELECT value FROM meta WHERE key = ?", (HEAD_KEY,)).fetchone()
+        return None if row is None else str(row[0])
 
     # -- the index --------------------------------------------------------------------------
 
@@ -139,6 +158,7 @@ class ManifestChain:
             "INSERT OR REPLACE INTO meta (key, value) VALUES (?, '1')", (RUNNING_KEY,)
         )  # autocommit: the marker is on disk before the first segment of this run
         with self._lock:
+            self._settle(self._head(db) or "")
             self._notes.appendleft(
                 {"kind": NOTE_START, "previous_stop": previous, "at_utc": utc_now_iso()}
             )
@@ -150,11 +170,12 @@ class ManifestChain:
     def append(self, db: sqlite3.Connection, segment: SegmentFacts) -> bytes:
         """Inside the caller's transaction, after the segment's row: sign its manifest,
         linked to the chain's head, and store it as the new head. Returns its bytes."""
-        head = db.execute("SELECT value FROM meta WHERE key = ?", (HEAD_KEY,)).fetchone()
-        prev_sha256 = head[0] if head else GENESIS_SHA256
+        prev_sha256 = self._head(db) or GENESIS_SHA256
         lost_notes, lost_seqs = self._lost_notes(db)
-        body = self.signer.sign(segment, prev_sha256, self._peek_notes() + lost_notes)
+        body = self.signer.sign(segment, prev_sha256, self._take_notes(prev_sha256) + lost_notes)
         sha256 = file_sha256(body)
+        with self._lock:
+            self._signed_sha256 = sha256
         db.execute(
             "INSERT OR REPLACE INTO manifests (seq, sha256, body) VALUES (?, ?, ?)",
             (segment.seq, sha256, body),

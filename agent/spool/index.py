@@ -250,6 +250,8 @@ class SpoolIndex:
         self.lock = lock
         self._sink = sink
         self._on_full = on_full  # frees room on the disk; False when it had none to free
+        # called in the transaction of every new segment row (the signed manifest chain)
+        self.on_insert: Callable[[sqlite3.Connection, Row], object] | None = None
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -275,6 +277,12 @@ class SpoolIndex:
                     raise
                 with self.transaction() as db:
                     statements(db)
+
+    def insert_segment(self, db: sqlite3.Connection, row: Row) -> None:
+        """Inside the caller's transaction: a segment's row, and what `on_insert` adds."""
+        insert_row(db, row)
+        if self.on_insert is not None:
+            self.on_insert(db, row)
 
     def insert_loss(self, db: sqlite3.Connection, seq: int, reason: str, cause: str) -> int:
         """Inside the caller's transaction: the row no longer pending, and its `lost` row.

@@ -226,7 +226,7 @@ class Recovery:
                 self._quarantine(seq, file, found, sha, prev, report)
             else:
                 row = _reindexed_row(seq, sha, prev, found)
-                self._index.commit(lambda db: index.insert_row(db, row))
+                self._index.commit(lambda db: self._index.insert_segment(db, row))
                 report.reindexed.append(seq)
             report.reindex_pending -= 1
 
@@ -251,7 +251,7 @@ class Recovery:
         )  # fmt: skip
 
         def book(db: sqlite3.Connection) -> None:
-            index.insert_row(db, row)
+            self._index.insert_segment(db, row)
             self._index.insert_loss(db, seq, reason, CAUSE_CORRUPT)
 
         self._index.commit(book)

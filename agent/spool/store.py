@@ -28,6 +28,7 @@ from agent.core.clock import utc_iso
 from agent.core.events import DiscardSink, Event, EventSink, utc_now_iso
 from agent.encode.segmenter import EncodedSegment
 from agent.spool import index
+from agent.spool.chain import ManifestChain
 from agent.spool.index import (
     BUSY_TIMEOUT_S,
     CAUSE_CORRUPT,
@@ -41,6 +42,7 @@ from agent.spool.index import (
     is_disk_full,
 )
 from agent.spool.layout import QUARANTINE_DIR, SEGMENT_DIR, segment_file_name
+from agent.spool.manifest import SegmentFacts
 from agent.spool.recovery import Recovery, RecoveryReport, move_index_aside, quarantine_file
 from agent.spool.room import DiskRoom, RoomPlan, plan_room
 
@@ -135,8 +137,11 @@ class Spool:
         disk_free: Callable[[Path], int] | None = None,
         disk_total: Callable[[Path], int] | None = None,
         busy_timeout_s: float = BUSY_TIMEOUT_S,
+        chain: ManifestChain | None = None,
     ) -> None:
         self.path = path
+        self._chain = chain  # signs a manifest for every new row (None: no station key)
+        self._chain_open = False
         self.segment_dir = path / SEGMENT_DIR
         self.uplinks = tuple(uplinks)
         self._max_bytes = max_bytes
@@ -170,6 +175,7 @@ class Spool:
             self.segment_dir.mkdir(parents=True, exist_ok=True)
             self._plan_room()
             report, previous_id = self._open_index()
+            self._open_chain()
             recovery = Recovery(
                 self._ix, self.path, self.recording_id, len(self.uplinks), self._sink
             )
@@ -202,12 +208,33 @@ class Spool:
             raise SpoolError(f"cannot read {file}: {exc}") from exc
         return spool
 
+    def _open_chain(self) -> None:
+        """The manifest chain in the index; every row made from now on is signed with it."""
+        if self._chain is None:
+            return
+        chain = self._chain
+        chain.open(self.db)
+        self._chain_open = True
+        self._ix.on_insert = lambda db, row: chain.append(
+            db,
+            SegmentFacts(
+                self.recording_id, row.seq, row.started_utc, row.duration_s, row.nbytes,
+                row.sha256,
+            ),
+        )  # fmt: skip
+
     def close(self) -> None:
         self._closing.set()
         if self._reindexer is not None:
             self._reindexer.join(timeout=REINDEX_JOIN_S)
         with self._lock:
             if self._index is not None:
+                if self._chain is not None and self._chain_open:
+                    self._chain_open = False
+                    try:
+                        self._chain.close(self._index.db)  # the next run: "clean stop"
+                    except sqlite3.Error as exc:  # then the next run says "unclean": not worse
+                        log.warning("cannot mark the manifest chain closed: %s", exc)
                 self._index.db.close()
                 self._index = None
 
@@ -338,7 +365,7 @@ class Spool:
                 segment.discontinuity or stepped, note=note,
             )  # fmt: skip
             try:
-                self._ix.commit(lambda db: index.insert_row(db, row))
+                self._ix.commit(lambda db: self._ix.insert_segment(db, row))
             except BaseException:
                 # no row: the file must not come back at the next start as a re-indexed
                 # segment while the writer retries it or reports it dropped
@@ -502,6 +529,15 @@ class Spool:
         reason, cause = str(row[0]), str(row[1])
         kind = SegmentCorrupt if cause == CAUSE_CORRUPT else SegmentMissing
         return kind(seq, reason)
+
+    def manifest(self, seq: int) -> bytes | None:
+        """The segment's signed manifest (agent/spool/manifest.py); None without a station
+        key, or for a segment stored before there was one."""
+        with self._lock:
+            try:
+                return ManifestChain.manifest(self.db, seq)
+            except sqlite3.OperationalError:  # no manifests table: never signed
+                return None
 
     def lost(self) -> list[tuple[int, str, str]]:
         with self._lock:
