@@ -18,7 +18,7 @@ from agent.encode.segmenter import EncodedSegment
 from agent.service.config import AgentConfig, config_from_dict, load_secrets
 from agent.spool.store import Spool
 from agent.uplink.config import HttpUplinkConfig
-from agent.uplink.targets import FileTarget, Progress, RejectedUploadError
+from agent.uplink.targets import FileTarget, Progress, RejectedUploadError, UploadTarget
 from agent.uplink.uploader import SegmentUploader
 from tests.peers.agent import AgentProcess, Running, assert_all_on_server, spool_seqs, wait_until
 from tests.peers.config import STATION, agent_config, write_toml
@@ -29,12 +29,23 @@ from tests.peers.nginx import Nginx
 FAST_RETRY = {"backoff_max_s": 0.5, "timeout_s": 2.0, "archive_interval_s": 0}
 
 
+def make_uploader(
+    cfg: HttpUplinkConfig, target: UploadTarget, spool: Spool, sink: RecordingSink
+) -> SegmentUploader:
+    """An uploader on its own, as open_outputs builds it (one box)."""
+    return SegmentUploader(
+        cfg, target, spool, sink, ThroughputEstimator(), name="http", station_id=STATION,
+        box_id="box-a",
+    )  # fmt: skip
+
+
 def uplink_config(tmp: Path, url: str, **http: Any) -> AgentConfig:
     return config_from_dict(agent_config(tmp, uplink={"http": {"url": url} | FAST_RETRY | http}))
 
 
 def playlist_seqs(text: str) -> list[int]:
-    return [int(m) for m in re.findall(r"^(\d{8})\.ts$", text, flags=re.M)]
+    """Segment numbers in a playlist: "00000012.ts" (archive) or "<recording>/00000012.ts"."""
+    return [int(m) for m in re.findall(r"^(?:[\w-]+/)?(\d{8})\.ts$", text, flags=re.M)]
 
 
 def test_every_segment_uploaded_and_playlists_play(
@@ -46,16 +57,18 @@ def test_every_segment_uploaded_and_playlists_play(
     upstream = nginx.root / STATION
     assert_all_on_server(spool, upstream)
     recorded_s = sum(r.duration_s for r in spool.segments())
-    archive = (upstream / "archive.m3u8").read_text()
+    archive_name = f"{spool.recording_id}/archive.m3u8"
+    archive = (upstream / archive_name).read_text()
     assert archive.rstrip().endswith("#EXT-X-ENDLIST") and "#EXT-X-GAP" not in archive
     assert playlist_seqs(archive) == [r.seq for r in spool.segments()]
     live = (upstream / "live.m3u8").read_text()
     assert live.count("#EXT-X-PROGRAM-DATE-TIME") == len(playlist_seqs(live))
     assert "#EXT-X-ENDLIST" not in live, "a restart must not end the stream for viewers"
-    for name in ("archive.m3u8", "live.m3u8"):
+    for name in (archive_name, "live.m3u8"):
         probe = ffprobe_json(f"{nginx.url}/{STATION}/{name}")
         assert probe["streams"][0]["codec_name"] == "h264"
-    archive_s = float(ffprobe_json(f"{nginx.url}/{STATION}/archive.m3u8")["format"]["duration"])
+    probe = ffprobe_json(f"{nginx.url}/{STATION}/{archive_name}")
+    archive_s = float(probe["format"]["duration"])
     assert abs(archive_s - recorded_s) <= 1.0, (archive_s, recorded_s)
 
 
@@ -97,7 +110,7 @@ def test_outage_live_edge_first_then_complete_archive(
     assert running.sink.wait_for("uplink_up", timeout_s=5) is not None
     spool = running.stop()
     assert_all_on_server(spool, upstream)
-    archive = (upstream / "archive.m3u8").read_text()
+    archive = (upstream / spool.recording_id / "archive.m3u8").read_text()
     assert "#EXT-X-GAP" not in archive and archive.rstrip().endswith("#EXT-X-ENDLIST")
     assert playlist_seqs(archive) == list(range(len(spool.segments())))
 
@@ -155,9 +168,7 @@ def test_rejected_credential_keeps_recording_then_uploads_all_once_fixed(
     assert "wrong-token" not in str(rejected) and "right-token" not in str(rejected)
     stored = running.pipeline.segments_stored
     assert wait_until(lambda: running.pipeline.segments_stored >= stored + 2, timeout_s=30)
-    assert (
-        not list((server.root / STATION).glob("*.ts")) if (server.root / STATION).exists() else True
-    )
+    assert not list(server.root.rglob("*.ts")), "a refused segment reached the server"
     assert running.pending() >= 2
     token.write_text("right-token\n")
     running.pipeline.reload_secrets(load_secrets(cfg))  # what SIGHUP does
@@ -237,12 +248,17 @@ def test_archive_is_rewritten_at_its_interval_and_completed_at_stop(
 ) -> None:
     running = run_agent(uplink_config(tmp_path, nginx.url, archive_interval_s=3600))
     upstream = nginx.root / STATION
-    assert wait_until(lambda: running.pipeline.segments_stored >= 4 and not running.pending(), 30)
-    live = playlist_seqs((upstream / "live.m3u8").read_text())
-    archived = playlist_seqs((upstream / "archive.m3u8").read_text())
+    live_path = upstream / "live.m3u8"
+    # the live playlist follows each segment (written right after the spool marks it uploaded)
+    assert wait_until(
+        lambda: live_path.exists() and len(playlist_seqs(live_path.read_text())) >= 4, 30
+    )
+    live = playlist_seqs(live_path.read_text())
+    archive = upstream / running.spool.recording_id / "archive.m3u8"
+    archived = playlist_seqs(archive.read_text())
     assert len(live) >= 4 and len(archived) == 1, "the archive waits for its interval"
     spool = running.stop()
-    final = (upstream / "archive.m3u8").read_text()
+    final = archive.read_text()
     assert playlist_seqs(final) == [r.seq for r in spool.segments()]
     assert final.rstrip().endswith("#EXT-X-ENDLIST")
 
@@ -253,7 +269,7 @@ class ArchiveRefusingTarget(FileTarget):
 
     def put(self, name: str, data: bytes, content_type: str, sha256: str | None,
             progress: Progress | None = None) -> None:  # fmt: skip
-        if name == "archive.m3u8":
+        if name.endswith("/archive.m3u8"):
             raise RejectedUploadError(413, "PUT archive.m3u8: HTTP 413 Request Entity Too Large")
         super().put(name, data, content_type, sha256, progress)
 
@@ -272,7 +288,7 @@ def test_a_refused_playlist_never_holds_segments_back(tmp_path: Path) -> None:
         url=f"file://{tmp_path / 'up'}", rejected_backoff_s=600, archive_interval_s=0
     )
     target = ArchiveRefusingTarget(cfg.url, STATION)
-    uploader = SegmentUploader(cfg, target, spool, sink, ThroughputEstimator(), name="http")
+    uploader = make_uploader(cfg, target, spool, sink)
     uploader.start()
     try:
         assert wait_until(lambda: not spool.pending("http"), timeout_s=30), "segments throttled"
@@ -280,7 +296,7 @@ def test_a_refused_playlist_never_holds_segments_back(tmp_path: Path) -> None:
         uploader.stop()
     assert "upload_rejected" not in sink.kinds()
     assert sink.kinds().count("playlist_failed") == 1
-    assert uploader.figures.playlist_error is not None
+    assert uploader.publisher.playlist_error is not None
     assert playlist_seqs((tmp_path / "up" / STATION / "live.m3u8").read_text())[-1] == 19
 
 
@@ -309,7 +325,7 @@ def test_a_hanging_playlist_put_shows_the_uplink_busy_for_the_watchdog(tmp_path:
     spool.add(EncodedSegment(b"x" * 2_000, at, 0, 1.0, rung, 15, "x", True))
     cfg = HttpUplinkConfig(url=f"file://{tmp_path / 'up'}")
     target = PlaylistHangingTarget(cfg.url, STATION)
-    uploader = SegmentUploader(cfg, target, spool, sink, ThroughputEstimator(), name="http")
+    uploader = make_uploader(cfg, target, spool, sink)
     uploader.start()
     try:
         assert target.hanging.wait(10)

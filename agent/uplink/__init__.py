@@ -12,6 +12,7 @@ from agent.core.events import EventSink
 from agent.spool.store import Spool
 from agent.uplink.config import UplinkConfig
 from agent.uplink.output import OutputProgress, SegmentOutput
+from agent.uplink.publisher import read_box_id
 from agent.uplink.targets import open_target
 from agent.uplink.uploader import SegmentUploader
 
@@ -36,7 +37,11 @@ def open_outputs(
     outputs: list[SegmentOutput] = []
     if cfg.http is not None:
         target = open_target(cfg.http, station_id, secrets, segment_s)
-        outputs.append(SegmentUploader(cfg.http, target, spool, sink, estimator, name=HTTP))
+        uploader = SegmentUploader(
+            cfg.http, target, spool, sink, estimator,
+            name=HTTP, station_id=station_id, box_id=read_box_id(spool.path),
+        )  # fmt: skip
+        outputs.append(uploader)
     return outputs
 
 

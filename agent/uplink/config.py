@@ -26,6 +26,11 @@ class HttpUplinkConfig(Section):
     backoff_max_s: float = Field(2.0, ge=0.1, le=600)
     timeout_s: float | None = Field(None, gt=0, le=600)  # stall limit; default 5 segments, >= 10 s
     rejected_backoff_s: float = Field(60.0, ge=0.5, le=3600)
+    # a segment the server refuses (4xx) this many times while it accepts others is set aside:
+    # reported once, retried every set_aside_retry_s, never in the way of the live edge. Three
+    # refusals a rejected_backoff_s apart tell a refusal that lasts from a server hiccup.
+    refused_max_attempts: int = Field(3, ge=1, le=100)
+    set_aside_retry_s: float = Field(600.0, ge=1, le=86400)  # one request per 10 min per segment
     # A token or password over plain http:// crosses the network readable by anyone on the way:
     # refused unless this is set (a test bench, a server on the same box).
     allow_insecure: bool = False

@@ -20,7 +20,7 @@ ARCHIVE_DATE_EVERY = 30  # archive: PROGRAM-DATE-TIME every 30 segments (and at 
 @dataclass(frozen=True)
 class Entry:
     seq: int
-    file_name: str
+    uri: str  # relative to the playlist: "00000012.ts" in the archive, "<recording>/..." live
     duration_s: float
     started_utc: str
     discontinuity: bool
@@ -48,7 +48,7 @@ def _entry_lines(entry: Entry, with_date: bool, tag_discontinuity: bool) -> list
     if not entry.available:
         lines.append("#EXT-X-GAP")
     lines.append(f"#EXTINF:{entry.duration_s:.3f},")
-    lines.append(entry.file_name)
+    lines.append(entry.uri)
     return lines
 
 

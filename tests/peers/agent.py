@@ -210,14 +210,16 @@ class Running:
 
 
 def assert_all_on_server(spool: Spool, upstream: Path) -> None:
-    """Every segment recorded, none lost, each upstream under its name with its checksum."""
+    """Every segment recorded, none lost, each in the station folder `upstream` under its
+    recording's folder and its name, with its checksum."""
     records = spool.segments()
     assert records, "nothing was recorded"
     assert spool.lost() == []
     for record in records:
-        path = upstream / record.file_name
+        path = upstream / record.object_name
         assert path.exists(), f"segment {record.seq} missing upstream"
         assert hashlib.sha256(path.read_bytes()).hexdigest() == record.sha256, record.seq
         assert "http" in record.uploaded_to
-    names = {p.name for p in upstream.glob("*.ts")}
+    names = {p.name for p in (upstream / spool.recording_id).glob("*.ts")}
     assert names == {r.file_name for r in records}, "an upload landed under another name"
+    assert not list(upstream.glob("*.ts")), "a segment outside its recording's folder"

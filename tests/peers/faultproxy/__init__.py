@@ -12,6 +12,8 @@ Faults (all settable at run time from the test thread):
 - `stall(seconds, times)`: the next `times` units forward nothing for `seconds`, then resume.
 - `inject_status(code, times, headers)`: the next `times` HTTP requests are read whole by the
   proxy and answered with `code` (keep-alive kept), never reaching the server.
+- `inject_status_for(path_suffix, code, headers)`: every request whose path ends with the
+  suffix is answered with `code` until `clear_faults()` (a server refusing one object).
 - `refuse(True)`: stop listening (connects get ECONNREFUSED) and cut open connections with
   RST; `refuse(False)`: listen again on the same port.
 

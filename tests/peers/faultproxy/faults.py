@@ -35,14 +35,19 @@ class PendingFaults:
     resets: deque[int] = field(default_factory=deque)
     stalls: deque[float] = field(default_factory=deque)
     injects: deque[tuple[int, dict[str, str]]] = field(default_factory=deque)
+    # standing answers: every request whose path ends with the suffix gets the status
+    path_injects: list[tuple[str, int, dict[str, str]]] = field(default_factory=list)
 
-    def claim(self, is_request: bool, want_reset: bool) -> Claim:
-        """Takes the next stall, and for an HTTP request the next injection, else (when the
-        unit can still take one) the next reset."""
+    def claim(self, is_request: bool, want_reset: bool, path: str = "") -> Claim:
+        """Takes the next stall, and for an HTTP request a standing answer for its path or the
+        next injection, else (when the unit can still take one) the next reset."""
         claim = Claim()
         if self.stalls:
             claim.stall_s = self.stalls.popleft()
-        if is_request and self.injects:
+        standing = [(c, h) for suffix, c, h in self.path_injects if path.endswith(suffix)]
+        if is_request and standing:
+            claim.inject = standing[0]
+        elif is_request and self.injects:
             claim.inject = self.injects.popleft()
         elif want_reset and self.resets:
             claim.reset_after_bytes = self.resets.popleft()

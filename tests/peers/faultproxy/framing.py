@@ -12,6 +12,7 @@ MAX_HEAD_BYTES = 64 * 1024
 @dataclass(frozen=True)
 class RequestHead:
     method: str
+    path: str  # the request target, e.g. /ingest/AZ-0001/live.m3u8
     content_length: int
     close: bool
     expect_continue: bool
@@ -40,7 +41,7 @@ def parse_request_head(head: bytes) -> RequestHead | None:
     conn = headers.get("connection", "").lower()
     close = "close" in conn or (parts[2] == "HTTP/1.0" and "keep-alive" not in conn)
     expect = headers.get("expect", "").lower() == "100-continue"
-    return RequestHead(parts[0], length, close, expect)
+    return RequestHead(parts[0], parts[1], length, close, expect)
 
 
 def render_response(code: int, headers: dict[str, str], close: bool) -> bytes:

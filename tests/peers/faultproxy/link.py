@@ -43,7 +43,7 @@ class LinkOwner(Protocol):
 
     def count(self, **deltas: int) -> None: ...
 
-    def claim(self, is_request: bool, want_reset: bool) -> Claim: ...
+    def claim(self, is_request: bool, want_reset: bool, path: str = "") -> Claim: ...
 
     def link_done(self, link: Link) -> None: ...
 
@@ -186,7 +186,7 @@ class Link:
     def _request(self, buf: bytearray, head_end: int, head: RequestHead) -> bool:
         """Forward or answer one request at the start of buf; False when the link is done."""
         self.proxy.count(requests=1)
-        claim = self.proxy.claim(is_request=True, want_reset=self._reset_left is None)
+        claim = self.proxy.claim(True, want_reset=self._reset_left is None, path=head.path)
         self._apply(claim)
         if claim.inject is not None:
             code, headers = claim.inject

@@ -68,6 +68,11 @@ class SubprocessFaultProxy:
     ) -> None:
         self._proxy.inject_status(code, times, headers)
 
+    def inject_status_for(
+        self, path_suffix: str, code: int, headers: dict[str, str] | None = None
+    ) -> None:
+        self._proxy.inject_status_for(path_suffix, code, headers)
+
     def clear_faults(self) -> None:
         self._proxy.clear_faults()
 

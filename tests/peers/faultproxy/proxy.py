@@ -92,6 +92,14 @@ class FaultProxy:
         with self._cond:
             self._pending.injects.extend([(code, dict(headers or {}))] * times)
 
+    def inject_status_for(
+        self, path_suffix: str, code: int, headers: dict[str, str] | None = None
+    ) -> None:
+        """Every request whose path ends with `path_suffix` is answered with `code` (never
+        reaching the server) until clear_faults(): a server that refuses one object."""
+        with self._cond:
+            self._pending.path_injects.append((path_suffix, code, dict(headers or {})))
+
     def clear_faults(self) -> None:
         with self._cond:
             self._pending = PendingFaults()
@@ -127,9 +135,9 @@ class FaultProxy:
             self._counters = replace(c, **{k: getattr(c, k) + v for k, v in deltas.items()})
             self._cond.notify_all()
 
-    def claim(self, is_request: bool, want_reset: bool) -> Claim:
+    def claim(self, is_request: bool, want_reset: bool, path: str = "") -> Claim:
         with self._cond:
-            return self._pending.claim(is_request, want_reset)
+            return self._pending.claim(is_request, want_reset, path)
 
     def link_done(self, link: Link) -> None:
         with self._cond:
