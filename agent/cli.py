@@ -19,6 +19,7 @@ from agent.service.config import (
     secret_values,
 )
 from agent.service.runner import serve
+from agent.spool.store import Spool, SpoolError
 from agent.tools import check_cli, health_cli, mask_cli, provision_cli, spool_cli, verify_cli
 
 log = logging.getLogger("agent")
@@ -90,5 +91,15 @@ def _run(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
+    cfg = demo_config(args.output)
+    station = args.output.resolve() / "upstream" / cfg.station_id
     print(f"demo: writing under {args.output.resolve()}", file=sys.stderr)
-    return serve(demo_config(args.output), status_line=True, duration_s=args.duration)
+    print(f"demo: the live edge is {station / 'live.m3u8'}", file=sys.stderr)
+    code = serve(cfg, status_line=True, duration_s=args.duration)
+    try:  # the recording's folder is named by the spool's recording id
+        recording_id = Spool.open_read_only(cfg.spool.path).recording_id
+    except SpoolError as exc:
+        log.debug("no recording to show: %s", exc)
+    else:
+        print(f"demo: the recording is {station / recording_id / 'archive.m3u8'}", file=sys.stderr)
+    return code

@@ -108,6 +108,8 @@ class Pipeline:
         )
         self._progress_marks: dict[str, object] = {}
         self.clock_watch = ClockWatch(events)
+        # the recording's folder upstream, {url}/{station_id}/{recording_id}/ (operations.md)
+        self._summary: dict[str, Any] = {"recording_id": None}
 
     @property
     def segments_stored(self) -> int:
@@ -214,6 +216,7 @@ class Pipeline:
 
     def start(self) -> None:
         report = self.spool.open()
+        self._summary["recording_id"] = self.spool.recording_id
         log.info(
             "spool %s opened; next segment %d; recovery clean: %s",
             self.cfg.spool.path, self.spool.next_seq(), report.clean,
@@ -259,15 +262,18 @@ class Pipeline:
     # -- status ----------------------------------------------------------------------------
 
     def summary(self) -> dict[str, Any]:
-        """What this station is set up to do (retained status message)."""
-        return {
+        """What this station is set up to do (retained status message). The same dict every
+        call: start() fills in the recording id once the spool is open (telemetry holds it
+        from before the start)."""
+        self._summary.update({
             "source": redact_url(self.cfg.capture.source),  # retained: never a password
             "ladder_top": self.controller.ladder[-1].name,
             "ladder_bottom": self.controller.ladder[0].name,
             "uplinks": [output.name for output in self.outputs],
             "segment_s": self.cfg.encode.segment_s,
             "privacy_masks": self.masker.active_count,
-        }
+        })  # fmt: skip
+        return self._summary
 
     def status(self) -> dict[str, Any]:
         """The live snapshot for heartbeats; sections that do not apply are left out."""
