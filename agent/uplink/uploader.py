@@ -48,10 +48,13 @@ log = logging.getLogger(__name__)
 IDLE_POLL_S = 0.5  # wait for a new segment at most this long before looking again
 SLEEP_SLICE_S = 0.2  # a backoff is cut short by a stop or a wake-up within this
 BUG_PAUSE_S = 5.0  # after an unexpected error in a round
-# At stop, after the drain: the live playlist, the archive with ENDLIST and the index, a few
-# requests of a few kB (the archive of a long day ~1 MB); a server hanging on them is abandoned.
-CLOSE_S = 4.0
-JOIN_MARGIN_S = 0.5
+# At stop the uploader has run all along the encoder's and the spool's stop, so little is
+# pending: the first half of its time goes to segments, the second to the closing writes (live
+# playlist, archive with ENDLIST, index: a few requests of a few kB, ~1 MB of archive after a
+# long day). The pipeline's stop budget (agent/service/pipeline.py) gives it UPLOAD_DRAIN_S.
+STOP_S = 3.0
+CLOSE_SHARE = 0.5
+JOIN_MARGIN_S = 0.2  # the worker notices the deadline within a slice of its loop
 LATENCY_SAMPLES = 512  # glass-to-upstream latencies kept for p50/p95
 TS_TYPE = "video/mp2t"
 
@@ -154,6 +157,7 @@ class SegmentUploader:
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._deadline_s = 0.0  # of the drain, once stopping
+        self._close_by_s = 0.0  # of the closing writes
         self._thread: threading.Thread | None = None
         self.latencies_s: deque[float] = deque(maxlen=LATENCY_SAMPLES)
 
@@ -164,16 +168,18 @@ class SegmentUploader:
         self._thread = threading.Thread(target=self._run, name=f"uplink-{self.name}", daemon=True)
         self._thread.start()
 
-    def stop(self, drain_s: float = 0.0) -> None:
-        """Upload what is pending for up to `drain_s`, then write the playlists and the index a
-        last time (within CLOSE_S). Returns by then whatever the server does: a request still
-        hanging is abandoned (its thread is a daemon). The archive gets ENDLIST; live.m3u8 does
-        not: players stop reloading a playlist that has ended, and a restart (upgrade, reboot,
+    def stop(self, drain_s: float = STOP_S) -> None:
+        """Within `drain_s`: upload what is pending, then write the playlists and the index a
+        last time. Returns by then whatever the server does: a request still hanging is
+        abandoned (its thread is a daemon). The archive gets ENDLIST; live.m3u8 does not:
+        players stop reloading a playlist that has ended, and a restart (upgrade, reboot,
         watchdog) must not end the public stream."""
-        self._deadline_s = time.monotonic() + drain_s
+        now_s = time.monotonic()
+        self._close_by_s = now_s + drain_s
+        self._deadline_s = now_s + drain_s * (1 - CLOSE_SHARE)
         self._stopping.set()
         if self._thread is not None:
-            self._thread.join(timeout=drain_s + CLOSE_S + JOIN_MARGIN_S)
+            self._thread.join(timeout=drain_s + JOIN_MARGIN_S)
             if self._thread.is_alive():
                 log.warning("a request still hangs at the stop deadline: abandoned")
         self.target.close()
@@ -202,7 +208,7 @@ class SegmentUploader:
                 self._stopping.wait(BUG_PAUSE_S)
         try:
             self._drain()
-            self.publisher.close(self._deadline_s + CLOSE_S)
+            self.publisher.close(self._close_by_s)
         except (SpoolError, sqlite3.Error) as exc:  # the spool was closed under a late request
             log.warning("uploader stopped before it finished: %s", exc)
 
