@@ -77,6 +77,12 @@ class VideoEncoder:
     def flush(self) -> list[av.Packet]:
         return self._ctx.encode(None)
 
+    @property
+    def extradata(self) -> bytes:
+        """The codec's global header (SPS/PPS) when it keeps one apart from the packets; libx264
+        as opened here has none (its SPS/PPS travel in-band before every IDR)."""
+        return bytes(self._ctx.extradata or b"")
+
 
 def open_video_encoder(
     preference: str, rung: Rung, preset: str, threads: int, gop: int

@@ -10,6 +10,9 @@ Each segment's `started_utc` is the wall clock at its first frame. When the wall
 since the previous boundary (more than a second against the monotonic clock: NTP sync, a person
 setting the date), the segment is marked as a discontinuity, so the playlists restart their
 PROGRAM-DATE-TIME there instead of letting a player's times drift from the index.
+
+Packet observers (live outputs such as RTMP) get every encoded packet as it leaves the encoder,
+before the segmenter takes it, with the capture time of its picture (agent/encode/packet.py).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from agent.core.events import Event, EventSink
 from agent.encode.config import EncodeConfig
 from agent.encode.encoder import PTS_HZ, VideoEncoder, open_video_encoder
 from agent.encode.overlay import Overlay
+from agent.encode.packet import EncodedPacket, PacketObserver
 from agent.encode.segmenter import EncodedSegment, SegmentWriter
 
 log = logging.getLogger(__name__)
@@ -39,6 +43,9 @@ log = logging.getLogger(__name__)
 LOAD_EWMA_ALPHA = 0.05  # ~20 frames of memory for the encode-load figure
 RESTART_PAUSE_S = 1.0  # after an encoder failure, before opening a new one
 FrameObserver = Callable[[float, np.ndarray], None]
+# capture times kept for packets still inside the encoder (hardware encoders hold a few frames)
+GLASS_TIMES_KEPT = 64
+OBSERVER_ERROR_LOG_EVERY = 1000  # a failing packet observer is logged once, then every Nth time
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,7 @@ class EncodeLoop:
         stale_after_s: float,
         choose_rung: RungChooser,
         observers: list[FrameObserver] | None = None,
+        packet_observers: list[PacketObserver] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -76,6 +84,9 @@ class EncodeLoop:
         self._sink = sink
         self._stale_after_s = stale_after_s
         self._observers = observers or []
+        self._packet_observers = packet_observers or []
+        self._glass_s: dict[int, float] = {}  # pts -> capture time, for the packet observers
+        self.observer_errors = 0
         self._clock = clock
         self._wall_clock = wall_clock
         self._clock_steps = StepDetector()
@@ -182,7 +193,7 @@ class EncodeLoop:
                 reopen = wanted != rung or encoder.has_latency
                 if self._writer.open:
                     if reopen or stopping:
-                        self._writer.add(self._drain(encoder))
+                        self._emit(self._drain(encoder), encoder)
                     self._finish_segment(pts)
                 if stopping:
                     return
@@ -202,8 +213,8 @@ class EncodeLoop:
                 self._writer.begin(rung, utc_iso(wall_s), pts, encoder.name, discontinuity)
                 discontinuity = False
             started_s = self._clock()
-            i420 = self._prepare(self._capture.latest(), rung, started_s)
-            self._writer.add(encoder.encode(i420, pts, keyframe))
+            i420 = self._prepare(self._capture.latest(), rung, started_s, pts)
+            self._emit(encoder.encode(i420, pts, keyframe), encoder)
             self.frames_out += 1
             done_s = self._clock()
             cost = (done_s - started_s) * rung.fps
@@ -240,6 +251,34 @@ class EncodeLoop:
             self.last_bitrate_bps = len(segment.data) * 8 / segment.duration_s
         self._on_segment(segment)
 
+    def _emit(self, packets: list[av.Packet], encoder: VideoEncoder) -> None:
+        """Packets to the packet observers first (muxing takes the packets' data), then to the
+        segment."""
+        if self._packet_observers:
+            for packet in packets:
+                self._observe_packet(packet, encoder)
+        self._writer.add(packets)
+
+    def _observe_packet(self, packet: av.Packet, encoder: VideoEncoder) -> None:
+        if packet.pts is None:
+            return
+        item = EncodedPacket(
+            data=bytes(packet),
+            pts=packet.pts,
+            dts=packet.pts if packet.dts is None else packet.dts,
+            keyframe=packet.is_keyframe,
+            rung=encoder.rung,
+            extradata=encoder.extradata,
+            captured_s=self._glass_s.pop(packet.pts, self._clock()),
+        )
+        for observe in self._packet_observers:
+            try:
+                observe(item)
+            except Exception:  # an output's bug must never stop the recording
+                if self.observer_errors % OBSERVER_ERROR_LOG_EVERY == 0:
+                    log.exception("a packet observer failed (%d so far)", self.observer_errors + 1)
+                self.observer_errors += 1
+
     def _drain(self, encoder: VideoEncoder) -> list[av.Packet]:
         """The packets the encoder still holds; it is spent afterwards (reopen it)."""
         try:
@@ -248,10 +287,18 @@ class EncodeLoop:
             log.warning("draining the encoder failed: %s", exc)
             return []
 
-    def _prepare(self, frame: CapturedFrame | None, rung: Rung, now_s: float) -> np.ndarray:
-        """Newest frame -> rung size -> I420 with the overlay burnt in."""
+    def _prepare(
+        self, frame: CapturedFrame | None, rung: Rung, now_s: float, pts: int
+    ) -> np.ndarray:
+        """Newest frame -> rung size -> I420 with the overlay burnt in. With packet observers,
+        notes when the picture of frame `pts` was captured."""
         w, h = rung.width, rung.height
-        if frame is None or now_s - frame.captured_s > self._stale_after_s:
+        stale = frame is None or now_s - frame.captured_s > self._stale_after_s
+        if self._packet_observers:
+            self._glass_s[pts] = now_s if frame is None or stale else frame.captured_s
+            if len(self._glass_s) > GLASS_TIMES_KEPT:
+                del self._glass_s[next(iter(self._glass_s))]
+        if frame is None or stale:
             image = self._placeholder(w, h)
         else:
             if frame.index != self._last_observed_index:
