@@ -1,135 +1,342 @@
-"""Whole-process CPU seconds per second of video: the agent against the ffmpeg command line.
+"""The agent against the ffmpeg command line doing the same job, whole processes, paired runs.
 
-Same job for both, measured in the same run: decode the same H.264 file in real time, draw the
-same text (station id + local time), libx264 with the same preset, bitrate, VBV and GOP, cut
-2-second MPEG-TS segments. CPU time and peak RSS come from the kernel's rusage of each child.
+Both decode the same input file in real time, burn in the station id and the clock, encode
+libx264 veryfast zerolatency 4:2:0 at the same bitrate, VBV and GOP, and cut 2-second MPEG-TS
+segments (the agent into its spool, the CLI as HLS). Measured per run, from the kernel's rusage
+of each child: CPU seconds (user + system) and peak RSS. Each job runs `--pairs` pairs, agent and
+CLI in turn (the order alternates); the table gives the ratio of the medians of CPU seconds per
+second of video and of peak RSS. Every output segment is judged with ffprobe (H.264, the size,
+yuv420p, starts with a keyframe); the frames the agent skipped come from gaps in its timestamps,
+the CLI's lateness from its wall time against the input's length (it falls behind instead).
 
-    .venv/bin/python -m bench.encode_overhead [--seconds 20] [--sizes 720p,1080p]
+Jobs: 720p30 and 1080p30 from a lossless input (FFV1 in Matroska, yuv420p, made once by ffmpeg
+from its `testsrc2` pattern with temporal sensor-like noise, `noise=alls=8:allf=t`, so the encoder
+works as on a camera), and 720p30 from an H.264 input (that footage encoded at 8 Mbit/s, what an
+IP camera or an H.264 webcam sends). Inputs are kept in --inputs for the next run.
 
-Targets (issue 2): ratio <= 1.0, agent peak RSS <= 200 MB at 720p30.
+    .venv/bin/python -m bench.encode_overhead [--quick] [--seconds 60] [--pairs 3]
+        [--jobs 720p-raw,1080p-raw,720p-h264]
+
+--quick: 20 s inputs, 2 pairs, the 720p jobs only. Exits 1 when a target is missed: agent CPU
+<= 0.9x the CLI, peak RSS <= 1.3x, first segment on disk within segment_s + 1 s of the start,
+every output valid. (The previous version of this bench ran each tool once, unpaired, on a test
+pattern encoded as H.264; it answered nothing this one does not.)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.peers.config import write_toml
 
-SIZES = {"720p": (1280, 720, 2_500_000), "1080p": (1920, 1080, 4_500_000)}
 FPS = 30
 SEGMENT_S = 2
+GOP = FPS * SEGMENT_S
+STATION = "BENCH-0001"
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
+# job -> (width, height, bitrate, input kind)
+JOBS = {
+    "720p-raw": (1280, 720, 2_500_000, "raw"),
+    "1080p-raw": (1920, 1080, 4_500_000, "raw"),
+    "720p-h264": (1280, 720, 2_500_000, "h264"),
+}
+QUICK_JOBS = "720p-raw,720p-h264"
+CPU_TARGET = 0.9  # agent CPU / CLI CPU (issue 15)
+RSS_TARGET = 1.3  # agent peak RSS / CLI peak RSS (issue 15)
+FIRST_SEGMENT_SLACK_S = 1.0  # first segment on disk within segment_s + this of the start
+SOURCE_FILTER = "noise=alls=8:allf=t"  # temporal noise, like a sensor in a lit room
+H264_INPUT_BPS = 8_000_000
+BITRATE_TOLERANCE = 0.25  # each output's bitrate within +-25 % of the target (VBV-capped CBR)
+DEFAULT_INPUTS = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bench-encode"
 
 
-def make_input(path: Path, width: int, height: int, seconds: int) -> None:
-    subprocess.run(
-        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
-         f"testsrc2=size={width}x{height}:rate={FPS}", "-t", str(seconds),
-         "-c:v", "libx264", "-preset", "veryfast", "-b:v", "6M", "-pix_fmt", "yuv420p",
-         str(path)],
-        check=True,
-    )  # fmt: skip
+@dataclass
+class Run:
+    tool: str
+    cpu_s: float
+    rss_mb: float
+    wall_s: float
+    video_s: float = 0.0
+    frames: int = 0
+    skipped: int = 0  # agent: timestamps it left out; CLI: 0 (it falls behind instead)
+    late_s: float = 0.0  # wall time beyond the input's length (CLI) / beyond video + start
+    first_segment_s: float | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def cpu_per_video_s(self) -> float:
+        return self.cpu_s / self.video_s if self.video_s else float("nan")
 
 
-def run_measured(cmd: list[str], seconds: float, stop_signal: int) -> tuple[float, float]:
-    """Run `cmd` for `seconds` of wall time; returns (cpu_s, peak_rss_mb) of the child."""
+# -- inputs ------------------------------------------------------------------------------------
+
+
+def make_inputs(folder: Path, width: int, height: int, seconds: int) -> dict[str, Path]:
+    """The lossless input and its H.264 version (made once; kept for the next run)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    raw = folder / f"testsrc2-noise-{width}x{height}-{seconds}s.mkv"
+    h264 = folder / f"testsrc2-noise-{width}x{height}-{seconds}s-h264.mp4"
+    if not raw.exists():
+        print(f"making {raw.name} (ffmpeg testsrc2 + {SOURCE_FILTER}, FFV1)", flush=True)
+        pattern = f"testsrc2=size={width}x{height}:rate={FPS},{SOURCE_FILTER},format=yuv420p"
+        _ffmpeg_to(raw, ["-f", "lavfi", "-i", pattern, "-t", str(seconds),
+                         "-c:v", "ffv1", "-level", "3", "-slices", "4", "-g", "1"])  # fmt: skip
+    if not h264.exists():
+        print(f"making {h264.name} (libx264 {H264_INPUT_BPS // 1_000_000} Mbit/s)", flush=True)
+        _ffmpeg_to(h264, ["-i", str(raw), "-c:v", "libx264", "-preset", "veryfast", "-b:v",
+                          str(H264_INPUT_BPS), "-g", str(GOP), "-pix_fmt", "yuv420p"])  # fmt: skip
+    return {"raw": raw, "h264": h264}
+
+
+def _ffmpeg_to(out: Path, args: list[str]) -> None:
+    partial = out.with_name(out.stem + ".part" + out.suffix)
+    subprocess.run(["ffmpeg", "-v", "error", "-y", *args, str(partial)], check=True)
+    partial.rename(out)
+
+
+# -- running a whole process -------------------------------------------------------------------
+
+
+def _segments(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("[0-9]*.ts") if p.is_file())
+
+
+def run_process(
+    cmd: list[str], out_dir: Path, stop_after_segments: int | None, limit_s: float, sig: int
+) -> tuple[float, float, float, float | None]:
+    """Run `cmd` until it exits (or, with `stop_after_segments`, until that many segments are
+    in `out_dir`, then send `sig`). Returns (cpu_s, peak_rss_mb, wall_s, first_segment_s)."""
+    started_s = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    time.sleep(seconds)
-    if proc.poll() is not None:
-        raise RuntimeError(f"{cmd[0]} exited early: {proc.stderr.read().decode()[-500:]}")  # type: ignore[union-attr]
-    proc.send_signal(stop_signal)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) not in (0, 255, -signal.SIGINT):
-        raise RuntimeError(f"{cmd[0]} exited with {os.waitstatus_to_exitcode(status)}")
-    return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+    first_segment_s = None
+    signalled = False
+    while True:  # wait4, not poll(): poll() would reap the child and lose its rusage
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        now_s = time.monotonic()
+        if now_s - started_s > limit_s:
+            proc.kill()
+        count = len(_segments(out_dir)) if out_dir.exists() else 0
+        if count and first_segment_s is None:
+            first_segment_s = now_s - started_s
+        if stop_after_segments is not None and count >= stop_after_segments and not signalled:
+            proc.send_signal(sig)
+            signalled = True
+        time.sleep(0.02)
+    proc.returncode = code = os.waitstatus_to_exitcode(status)
+    wall_s = time.monotonic() - started_s
+    err = proc.stderr.read().decode(errors="replace")[-800:] if proc.stderr else ""
+    if proc.stderr:
+        proc.stderr.close()
+    if code != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])}... exited with {code}: {err}")
+    return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, wall_s, first_segment_s
 
 
-def video_seconds(directory: Path) -> float:
-    total = 0.0
-    for ts in sorted(directory.rglob("*.ts")):
-        out = subprocess.run(
-            ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0",
-             str(ts)],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
-        total += float(out or 0)
-    return total
-
-
-def bench_agent(work: Path, video: Path, width: int, height: int, bps: int, secs: float) -> dict:
+def run_agent(work: Path, video: Path, width: int, height: int, bps: int, input_s: float) -> Run:
+    spool = work / "agent-spool"
     config = write_toml(
         work / "agent.toml",
         {
-            "station_id": "BENCH-0001",
+            "station_id": STATION,
             "capture": {"source": f"file:{video}", "width": width, "height": height, "fps": FPS},
             "encode": {"preset": "veryfast", "segment_s": SEGMENT_S},
-            "spool": {"path": str(work / "agent-spool"), "max_bytes": "10GB", "min_free_bytes": 0},
-            "adapt": {  # the same fixed rung as ffmpeg: no adaptation (no uplink either)
+            "spool": {"path": str(spool), "max_bytes": "20GB", "min_free_bytes": 0},
+            "adapt": {  # the CLI's fixed rung: no adaptation (no uplink either)
                 "enabled": False,
                 "ladder": [{"width": width, "height": height, "fps": FPS, "bitrate_bps": bps}],
             },
         },
     )
     cmd = [sys.executable, "-m", "agent", "run", "--config", str(config)]
-    cpu_s, rss_mb = run_measured(cmd, secs, signal.SIGTERM)
-    return {"cpu_s": cpu_s, "rss_mb": rss_mb, "video_s": video_seconds(work / "agent-spool")}
+    wanted = round(input_s / SEGMENT_S)
+    cpu_s, rss_mb, wall_s, first_s = run_process(
+        cmd, spool, wanted, input_s * 3 + 60, signal.SIGTERM
+    )
+    run = Run("agent", cpu_s, rss_mb, wall_s, first_segment_s=first_s)
+    judge(run, _segments(spool), width, height, bps)
+    return run
 
 
-def bench_ffmpeg(work: Path, video: Path, bps: int, secs: float) -> dict:
-    out = work / "ffmpeg-out"
+def run_cli(work: Path, video: Path, width: int, height: int, bps: int, input_s: float) -> Run:
+    out = work / "cli-out"
     out.mkdir()
-    gop = FPS * SEGMENT_S
     clock = r"%{localtime\:%Y-%m-%d %H\\\:%M\\\:%S}"
-    text = f"drawtext=fontfile={FONT}:text='BENCH-0001  {clock}'"
-    text += ":x=12:y=12:fontsize=32:fontcolor=white:box=1:boxcolor=black"
+    text = f"drawtext=fontfile={FONT}:text='{STATION}  {clock}'"
+    text += f":x=12:y=12:fontsize={round(height * 0.045)}:fontcolor=white:box=1:boxcolor=black"
     cmd = [
-        "ffmpeg", "-v", "error", "-re", "-stream_loop", "-1", "-i", str(video), "-vf", text,
-        "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency",
+        "ffmpeg", "-v", "error", "-nostdin", "-re", "-i", str(video), "-vf", text,
+        "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency",
         "-b:v", str(bps), "-maxrate", str(bps), "-bufsize", str(bps),
-        "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0",
-        "-f", "segment", "-segment_time", str(SEGMENT_S), "-segment_format", "mpegts",
-        str(out / "%08d.ts"),
+        "-g", str(GOP), "-keyint_min", str(GOP), "-sc_threshold", "0",
+        "-force_key_frames", f"expr:gte(t,n_forced*{SEGMENT_S})",
+        "-f", "hls", "-hls_time", str(SEGMENT_S), "-hls_list_size", "0",
+        "-hls_segment_type", "mpegts", "-hls_segment_filename", str(out / "%08d.ts"),
+        str(out / "index.m3u8"),
     ]  # fmt: skip
-    cpu_s, rss_mb = run_measured(cmd, secs, signal.SIGINT)
-    return {"cpu_s": cpu_s, "rss_mb": rss_mb, "video_s": video_seconds(out)}
+    cpu_s, rss_mb, wall_s, first_s = run_process(cmd, out, None, input_s * 3 + 60, signal.SIGINT)
+    run = Run("ffmpeg", cpu_s, rss_mb, wall_s, first_segment_s=first_s)
+    judge(run, _segments(out), width, height, bps)
+    run.late_s = max(0.0, wall_s - input_s)
+    return run
+
+
+# -- judging the output ------------------------------------------------------------------------
+
+
+def judge(run: Run, segments: list[Path], width: int, height: int, bps: int) -> None:
+    """Fill in video seconds, frames and skipped frames from the segments; note any problem."""
+    if not segments:
+        run.problems.append("no segments")
+        return
+    frame_ticks = 90_000 // FPS
+    total_bytes = 0
+    for ts in segments:
+        total_bytes += ts.stat().st_size
+        probe = _probe(ts)
+        streams = probe["streams"]
+        if len(streams) != 1:
+            run.problems.append(f"{ts.name}: {len(streams)} streams")
+            continue
+        s = streams[0]
+        if (s.get("codec_name"), s.get("width"), s.get("height"), s.get("pix_fmt")) != (
+            "h264",
+            width,
+            height,
+            "yuv420p",
+        ):
+            run.problems.append(
+                f"{ts.name}: {s.get('codec_name')} {s.get('width')}x{s.get('height')} "
+                f"{s.get('pix_fmt')}"
+            )
+        packets = probe["packets"]
+        if not packets or "K" not in packets[0].get("flags", ""):
+            run.problems.append(f"{ts.name}: does not start with a keyframe")
+        pts = sorted(int(p["pts"]) for p in packets if "pts" in p)
+        gaps = sum(
+            max(0, round((b - a) / frame_ticks) - 1) for a, b in zip(pts, pts[1:], strict=False)
+        )
+        run.frames += len(pts)
+        run.skipped += gaps
+        run.video_s += (len(pts) + gaps) / FPS
+    bitrate = total_bytes * 8 / run.video_s if run.video_s else 0.0
+    if abs(bitrate / bps - 1) > BITRATE_TOLERANCE:
+        run.problems.append(f"bitrate {bitrate / 1e6:.2f} Mbit/s for a {bps / 1e6:.2f} target")
+
+
+def _probe(ts: Path) -> dict:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-of", "json", "-show_entries",
+         "stream=codec_name,width,height,pix_fmt:packet=pts,flags", str(ts)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    result: dict = json.loads(out)
+    result.setdefault("packets", [])
+    result.setdefault("streams", [])
+    return result
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def run_job(job: str, inputs: dict[str, Path], input_s: float, pairs: int) -> dict[str, list[Run]]:
+    width, height, bps, kind = JOBS[job]
+    video = inputs[kind]
+    runs: dict[str, list[Run]] = {"agent": [], "ffmpeg": []}
+    for k in range(pairs):
+        order = [("agent", run_agent), ("ffmpeg", run_cli)]
+        for tool, runner in order if k % 2 == 0 else order[::-1]:
+            with tempfile.TemporaryDirectory(prefix="bench-encode-") as tmp:
+                run = runner(Path(tmp), video, width, height, bps, input_s)
+            runs[tool].append(run)
+            print(
+                f"  {job} pair {k + 1} {tool:6}: {run.cpu_s:6.1f} CPU-s for {run.video_s:5.1f} "
+                f"video-s ({run.cpu_per_video_s:.3f}/s), peak RSS {run.rss_mb:5.0f} MiB, "
+                f"skipped {run.skipped}, late {run.late_s:.1f} s, first segment "
+                f"{_s(run.first_segment_s)}"
+                + (f"  PROBLEMS: {run.problems}" if run.problems else ""),
+                flush=True,
+            )
+    return runs
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"
+
+
+def report(results: dict[str, dict[str, list[Run]]]) -> list[str]:
+    """Print the table; return the targets missed."""
+    missed = []
+    print()
+    print(
+        "| job | agent CPU-s/video-s | ffmpeg CPU-s/video-s | ratio | agent peak RSS | ffmpeg "
+        "peak RSS | ratio | agent skipped | ffmpeg late | agent first segment |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for job, runs in results.items():
+        a, f = runs["agent"], runs["ffmpeg"]
+        cpu_a, cpu_f = (
+            median([r.cpu_per_video_s for r in a]),
+            median([r.cpu_per_video_s for r in f]),
+        )
+        rss_a, rss_f = median([r.rss_mb for r in a]), median([r.rss_mb for r in f])
+        first = median([r.first_segment_s for r in a if r.first_segment_s is not None])
+        skipped = ",".join(str(r.skipped) for r in a)
+        late = ",".join(f"{r.late_s:.1f}" for r in f)
+        print(f"| {job} | {cpu_a:.3f} | {cpu_f:.3f} | {cpu_a / cpu_f:.2f} | {rss_a:.0f} MiB "
+              f"| {rss_f:.0f} MiB | {rss_a / rss_f:.2f} | {skipped} | {late} s "
+              f"| {first:.2f} s |")  # fmt: skip
+        if cpu_a / cpu_f > CPU_TARGET:
+            missed.append(f"{job}: CPU ratio {cpu_a / cpu_f:.2f} > {CPU_TARGET}")
+        if rss_a / rss_f > RSS_TARGET:
+            missed.append(f"{job}: peak RSS ratio {rss_a / rss_f:.2f} > {RSS_TARGET}")
+        if not first <= SEGMENT_S + FIRST_SEGMENT_SLACK_S:
+            missed.append(f"{job}: first segment after {first:.2f} s > {SEGMENT_S + 1} s")
+        for r in a + f:
+            missed += [f"{job} {r.tool}: {p}" for p in r.problems]
+    return missed
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--sizes", default="720p,1080p")
+    parser.add_argument("--quick", action="store_true", help="20 s inputs, 2 pairs, 720p only")
+    parser.add_argument("--seconds", type=int, default=60, help="input length")
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--jobs", default=",".join(JOBS))
+    parser.add_argument("--inputs", type=Path, default=DEFAULT_INPUTS, help="input cache")
     args = parser.parse_args()
-    if not shutil.which("ffmpeg"):
-        print("ffmpeg is needed (apt-get install ffmpeg)", file=sys.stderr)
+    if args.quick:
+        args.seconds, args.pairs, args.jobs = 20, 2, QUICK_JOBS
+    if not (shutil.which("ffmpeg") and shutil.which("ffprobe")):
+        print("ffmpeg and ffprobe are needed (apt-get install ffmpeg)", file=sys.stderr)
         return 2
-    print(f"{'size':6} {'tool':7} {'cpu s':>7} {'video s':>8} {'cpu/video s':>12} "
-          f"{'peak RSS MB':>12}")  # fmt: skip
-    for size in args.sizes.split(","):
-        width, height, bps = SIZES[size]
-        with tempfile.TemporaryDirectory(prefix="bench-encode-") as tmp:
-            work = Path(tmp)
-            video = work / "input.mp4"
-            make_input(video, width, height, seconds=10)
-            results = {
-                "ffmpeg": bench_ffmpeg(work, video, bps, args.seconds),
-                "agent": bench_agent(work, video, width, height, bps, args.seconds),
-            }
-        for tool, r in results.items():
-            r["per_s"] = r["cpu_s"] / r["video_s"] if r["video_s"] else float("nan")
-            print(f"{size:6} {tool:7} {r['cpu_s']:7.2f} {r['video_s']:8.1f} "
-                  f"{r['per_s']:12.3f} {r['rss_mb']:12.0f}")  # fmt: skip
-        ratio = results["agent"]["per_s"] / results["ffmpeg"]["per_s"]
-        print(f"{size:6} ratio agent/ffmpeg CPU per video second = {ratio:.2f} (target <= 1.0); "
-              f"agent peak RSS {results['agent']['rss_mb']:.0f} MB")  # fmt: skip
-    return 0
+    results = {}
+    for job in args.jobs.split(","):
+        width, height, _, _ = JOBS[job]
+        inputs = make_inputs(args.inputs, width, height, args.seconds)
+        results[job] = run_job(job, inputs, args.seconds, args.pairs)
+    missed = report(results)
+    print(f"\ntargets: CPU <= {CPU_TARGET}x, peak RSS <= {RSS_TARGET}x the CLI, first segment "
+          f"<= {SEGMENT_S + FIRST_SEGMENT_SLACK_S:.0f} s, every output valid")  # fmt: skip
+    for line in missed:
+        print(f"MISSED {line}")
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":
