@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from agent import __version__
 from agent.adapt.controller import ControlInputs, RungController, control_inputs
 from agent.adapt.ladder import Rung, build_ladder
 from agent.adapt.throughput import ThroughputEstimator
@@ -28,6 +29,7 @@ from agent.encode.loop import BoundaryFigures, EncodeLoop
 from agent.health.camera import CameraHealth, read_reference
 from agent.service.config import AgentConfig
 from agent.service.supervision import ClockWatch, ProgressWatchdog, clock_behind, status_line
+from agent.spool.chain import ManifestChain
 from agent.spool.store import Spool
 from agent.spool.writer import SpoolWriter
 from agent.uplink import SegmentOutput, open_outputs, output_names
@@ -62,12 +64,21 @@ class Pipeline:
         self.cfg = cfg
         self.secrets = secrets
         self.events = events
+        key = secrets.signing_key  # with a station key every segment gets a signed manifest
+        self.chain = (
+            None
+            if key is None
+            else ManifestChain.for_station(key.get_secret_value(), cfg.station_id, __version__)
+        )
+        if self.chain is not None:
+            events.subscribe(self.chain.note_event)  # incidents go into the signed record
         self.spool = Spool(
             cfg.spool.path,
             uplinks=output_names(cfg.uplink),
             max_bytes=cfg.spool.max_bytes,
             min_free_bytes=cfg.spool.min_free_bytes,
             sink=events,
+            chain=self.chain,
         )
         self.estimator = ThroughputEstimator()  # fed by the primary output's uploads
         self.outputs: list[SegmentOutput] = open_outputs(
@@ -272,6 +283,7 @@ class Pipeline:
             "uplinks": [output.name for output in self.outputs],
             "segment_s": self.cfg.encode.segment_s,
             "privacy_masks": self.masker.active_count,
+            "signing_key": None if self.chain is None else self.chain.fingerprint,
         })  # fmt: skip
         return self._summary
 

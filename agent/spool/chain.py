@@ -27,6 +27,7 @@ from collections import deque
 from typing import Any
 
 from agent.core.events import Event, utc_now_iso
+from agent.core.keys import parse_private_key
 from agent.spool.manifest import (
     GENESIS_SHA256,
     NOTE_DROPPED,
@@ -82,6 +83,11 @@ class ManifestChain:
         self._in_flight: list[dict[str, Any]] = []
         self._in_flight_dropped = 0
         self._signed_sha256 = ""
+
+    @classmethod
+    def for_station(cls, key_text: str, station_id: str, agent_version: str) -> ManifestChain:
+        """The chain of the station whose key line (agent/core/keys.py) is `key_text`."""
+        return cls(ManifestSigner(parse_private_key(key_text), station_id, agent_version))
 
     @property
     def fingerprint(self) -> str:

@@ -105,6 +105,11 @@ class SegmentRecord:
         restarts, so no upload can replace another recording's object."""
         return f"{self.recording_id}/{self.file_name}"
 
+    @property
+    def manifest_name(self) -> str:
+        """The name upstream of its signed manifest (agent/spool/manifest.py), beside it."""
+        return f"{self.recording_id}/{self.seq:08d}.json"
+
     def as_dict(self) -> dict[str, object]:
         return {
             "recording_id": self.recording_id,

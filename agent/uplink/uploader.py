@@ -3,9 +3,10 @@
 One worker thread and one keep-alive connection. Each round picks the newest segment if the
 upstream lacks it (viewers stay live), otherwise the oldest missing one (the archive fills in
 order), reads it back checked against its size and SHA-256 (only whole segments go up), PUTs
-it as `{recording_id}/{seq:08d}.ts` (a name no other box, spool or restart ever uses), marks it
-uploaded in the spool only after a 2xx, then lets the Publisher rewrite the playlists and the
-station index (segment first, then playlist: DASH-IF Live Media Ingest, HLS interface).
+it as `{recording_id}/{seq:08d}.ts` (a name no other box, spool or restart ever uses) and,
+with a station key, its signed manifest as `{recording_id}/{seq:08d}.json`, marks it uploaded
+in the spool only after both got a 2xx, then lets the Publisher rewrite the playlists and the
+station index (segment first, manifest second, playlist last: DASH-IF Live Media Ingest).
 
 Failures are per segment (agent/uplink/schedule.py): a segment that fails or is refused waits on
 its own timer while the others go on; a segment refused again and again is set aside and
@@ -16,6 +17,7 @@ spool has recorded the loss, the playlists show the gap.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import sqlite3
@@ -34,7 +36,7 @@ from agent.core.events import Event, EventSink, utc_now_iso
 from agent.spool.store import SegmentRecord, SegmentUnavailable, Spool, SpoolError
 from agent.uplink.config import HttpUplinkConfig
 from agent.uplink.output import OutputProgress
-from agent.uplink.publisher import Publisher
+from agent.uplink.publisher import JSON_TYPE, Publisher
 from agent.uplink.schedule import Refusal, UploadSchedule
 from agent.uplink.targets import (
     Progress,
@@ -309,6 +311,10 @@ class SegmentUploader:
             ok = True
         finally:
             self.estimator.upload_finished(ticket, time.monotonic(), ok)
+        manifest = self._spool.manifest(record.seq)
+        if manifest is not None:  # signed: the manifest next to it, before a playlist names it
+            sha256 = hashlib.sha256(manifest).hexdigest()
+            self._requests.put(record.manifest_name, manifest, JSON_TYPE, sha256)
 
     def _uploaded(self, record: SegmentRecord, nbytes: int) -> None:
         recovered = self.schedule.consecutive_failures or self.schedule.rejected
