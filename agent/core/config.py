@@ -87,6 +87,7 @@ class Secrets(BaseModel):
     http_password: SecretStr | None = None
     mqtt_password: SecretStr | None = None
     signing_key: SecretStr | None = None  # the station key's line (agent/core/keys.py)
+    rtmp_keys: dict[str, SecretStr] = {}  # stream key per RTMP output name ("rtmp-1")
 
 
 def trusted_owners() -> set[int]:

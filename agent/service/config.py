@@ -150,7 +150,11 @@ def load_secrets(cfg: AgentConfig) -> Secrets:
         check_secret_file(cfg.mqtt.key_file, "MQTT client key")
     if cfg.spool.signing_key_file is not None:
         values["signing_key"] = read_signing_key(cfg.spool.signing_key_file)
-    return Secrets(**values)
+    rtmp_keys = {
+        name: read_secret(rtmp.key_file, f"{name} stream key", header_safe=True)
+        for name, rtmp in cfg.uplink.rtmp_outputs()
+    }
+    return Secrets(**values, rtmp_keys=rtmp_keys)
 
 
 def read_signing_key(path: Path) -> SecretStr:
@@ -173,6 +177,7 @@ def secret_values(cfg: AgentConfig, secrets: Secrets) -> list[str]:
         found.append(secrets.mqtt_password.get_secret_value())
     if secrets.signing_key is not None:
         found.append(secrets.signing_key.get_secret_value())
+    found += [key.get_secret_value() for key in secrets.rtmp_keys.values()]
     urls = [cfg.capture.source]
     urls += [cfg.uplink.http.url] if cfg.uplink.http is not None else []
     urls += [cfg.mqtt.url] if cfg.mqtt is not None else []
@@ -188,6 +193,9 @@ def plaintext_credentials(cfg: AgentConfig) -> list[str]:
         found.append(f"[uplink.http] sends its credential over {http.url.split(':')[0]}://")
     if cfg.mqtt is not None and cfg.mqtt.sends_plaintext_credentials:
         found.append("[mqtt] sends its password over mqtt://")
+    for name, rtmp in cfg.uplink.rtmp_outputs():
+        if rtmp.sends_plaintext_credentials:
+            found.append(f"[[uplink.rtmp]] {name} sends its stream key over rtmp://")
     return found
 
 

@@ -32,7 +32,7 @@ from agent.service.supervision import ClockWatch, ProgressWatchdog, clock_behind
 from agent.spool.chain import ManifestChain
 from agent.spool.store import Spool
 from agent.spool.writer import SpoolWriter
-from agent.uplink import SegmentOutput, open_outputs, output_names
+from agent.uplink import SegmentOutput, open_live_outputs, open_outputs, output_names
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +45,18 @@ STOP_BUDGET_S = 24.0
 ENCODER_STOP_S = 4.0
 CAPTURE_STOP_S = 2.0  # the capture thread is a daemon: a camera stuck in a read is left behind
 UPLOAD_DRAIN_S = 3.0
+# live outputs (RTMP) have nothing left to send once the encoder stopped: they end their publish
+# (the server closes its recording) and their publisher process exits, in milliseconds
+LIVE_STOP_S = 1.0
 
 
 def stop_plan() -> dict[str, float]:
     """Seconds each stage may take to stop, in order; their sum is STOP_BUDGET_S. The spool
     writer gets what is left after the others (its busy wait and grace come out of its share)."""
-    spool_s = STOP_BUDGET_S - ENCODER_STOP_S - CAPTURE_STOP_S - UPLOAD_DRAIN_S
+    spool_s = STOP_BUDGET_S - ENCODER_STOP_S - LIVE_STOP_S - CAPTURE_STOP_S - UPLOAD_DRAIN_S
     return {
         "encode": ENCODER_STOP_S,
+        "live": LIVE_STOP_S,
         "capture": CAPTURE_STOP_S,
         "spool": spool_s,
         "uplink": UPLOAD_DRAIN_S,
@@ -81,15 +85,21 @@ class Pipeline:
             chain=self.chain,
         )
         self.estimator = ThroughputEstimator()  # fed by the primary output's uploads
-        self.outputs: list[SegmentOutput] = open_outputs(
+        spool_outputs: list[SegmentOutput] = open_outputs(
             cfg.uplink, cfg.station_id, secrets, self.spool, events, self.estimator,
             cfg.encode.segment_s,
         )  # fmt: skip
+        # the first output sending the spool is the primary (the link adapted to); the live
+        # ones ([[uplink.rtmp]]) take the encoder's packets and never hold a segment back
+        self._spool_outputs = spool_outputs
+        self._primary = spool_outputs[0] if spool_outputs else None
+        self.live_outputs = open_live_outputs(cfg.uplink, secrets, events)
+        self.outputs: list[SegmentOutput] = [*spool_outputs, *self.live_outputs]
         self.spool_writer = SpoolWriter(self.spool, events)
         capture_cfg = cfg.capture
         ladder = build_ladder(cfg.adapt, capture_cfg.width, capture_cfg.height, capture_cfg.fps)
         # with no uplink there is no link to adapt to: record the top rung
-        adapt_cfg = cfg.adapt if self.outputs else cfg.adapt.model_copy(update={"enabled": False})
+        adapt_cfg = cfg.adapt if spool_outputs else cfg.adapt.model_copy(update={"enabled": False})
         self.controller = RungController(ladder, adapt_cfg)
         self._controller_lock = threading.Lock()
         self.health = CameraHealth(
@@ -116,6 +126,7 @@ class Pipeline:
             stale_after_s=capture_cfg.stall_timeout_s,
             choose_rung=self._choose_rung,
             observers=[self.health.observe] if cfg.health.enabled else [],
+            packet_observers=[output.offer for output in self.live_outputs],
         )
         self._progress_marks: dict[str, object] = {}
         self.clock_watch = ClockWatch(events)
@@ -129,9 +140,9 @@ class Pipeline:
 
     def _primary_backlog(self) -> tuple[int, float, int, float]:
         """(segments, seconds, bytes, live lag s) the primary output still lacks."""
-        if not self.outputs:
+        if self._primary is None:
             return 0, 0.0, 0, 0.0
-        return self.spool.backlog(self.outputs[0].name)
+        return self.spool.backlog(self._primary.name)
 
     def report_progress(self, progress: ProgressWatchdog, now_s: float) -> None:
         """Tell the watchdog which stages moved since the last call, from their counters.
@@ -254,10 +265,12 @@ class Pipeline:
         """Stop in data-flow order within STOP_BUDGET_S (see stop_plan)."""
         plan = stop_plan()
         self.encode.stop(timeout_s=plan["encode"])
+        for live in self.live_outputs:
+            live.stop(drain_s=plan["live"] / len(self.live_outputs))
         self.capture.stop(timeout_s=plan["capture"])
         self.spool_writer.stop(budget_s=plan["spool"])
-        for output in self.outputs:  # in parallel would be better; one output is the norm
-            output.stop(drain_s=plan["uplink"] / max(1, len(self.outputs)))
+        for output in self._spool_outputs:  # in parallel would be better; one is the norm
+            output.stop(drain_s=plan["uplink"] / max(1, len(self._spool_outputs)))
         self.spool.close()
 
     def _pinned_name(self) -> str | None:
@@ -297,7 +310,8 @@ class Pipeline:
             "encode": self.encode.status()
             | {"adapt_reason": self.controller.reason, "pinned": self._pinned_name()},
             "spool": self.spool.stats(),
-            "uplink": self.outputs[0].status(now_s) if self.outputs else None,
+            "uplink": self._primary.status(now_s) if self._primary is not None else None,
+            "rtmp": [live.status(now_s) for live in self.live_outputs] or None,
             "health": self.health.snapshot() if self.cfg.health.enabled else None,
             "privacy": self.masker.snapshot(),
         }

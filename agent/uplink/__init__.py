@@ -1,18 +1,21 @@
-"""Segment outputs: where the spooled segments and their playlists go.
+"""Segment outputs: where the spooled segments and their playlists go, and live streams.
 
-`open_outputs` builds one SegmentOutput per configured `[uplink.*]` section; `output_names`
-names them before they exist (the spool, which every output reads, needs the names first).
+`open_outputs` builds one SegmentOutput per configured `[uplink.*]` section that sends the
+spool's segments; `output_names` names them before they exist (the spool, which every such
+output reads, needs the names first). `open_live_outputs` builds the live outputs
+(`[[uplink.rtmp]]`): SegmentOutputs too, but fed the encoder's packets, never the spool.
 """
 
 from __future__ import annotations
 
 from agent.adapt.throughput import ThroughputEstimator
-from agent.core.config import Secrets
+from agent.core.config import ConfigError, Secrets
 from agent.core.events import EventSink
 from agent.spool.store import Spool
 from agent.uplink.config import UplinkConfig
 from agent.uplink.output import OutputProgress, SegmentOutput
 from agent.uplink.publisher import read_box_id
+from agent.uplink.rtmp import RtmpOutput
 from agent.uplink.targets import open_target
 from agent.uplink.uploader import SegmentUploader
 
@@ -45,4 +48,18 @@ def open_outputs(
     return outputs
 
 
-__all__ = ["HTTP", "OutputProgress", "SegmentOutput", "open_outputs", "output_names"]
+def open_live_outputs(cfg: UplinkConfig, secrets: Secrets, sink: EventSink) -> list[RtmpOutput]:
+    """One RtmpOutput per enabled `[[uplink.rtmp]]`, in the file's order."""
+    outputs = []
+    for name, rtmp in cfg.rtmp_outputs():
+        key = secrets.rtmp_keys.get(name)
+        if key is None:
+            raise ConfigError(f"{name}: the stream key ({rtmp.key_file}) was not read")
+        outputs.append(RtmpOutput(rtmp, name, key, sink))
+    return outputs
+
+
+__all__ = [
+    "HTTP", "OutputProgress", "RtmpOutput", "SegmentOutput", "open_live_outputs", "open_outputs",
+    "output_names",
+]  # fmt: skip

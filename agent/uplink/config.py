@@ -65,5 +65,62 @@ class HttpUplinkConfig(Section):
         return has_credential and self.url.startswith("http://")
 
 
+class RtmpOutputConfig(Section):
+    """One `[[uplink.rtmp]]`: a live RTMP(S) stream beside the record (docs/operations.md)."""
+
+    url: str  # rtmp[s]://host[:port]/app: the server's ingest URL without the stream key
+    key_file: Path  # the stream key (a secret: 0600, the service user's), one line
+    enabled: bool = True
+    ca_file: FilePath | None = None  # rtmps://: the CA that signed the server's certificate
+    # A stream key over plain rtmp:// is readable on the way, and whoever has it can publish in
+    # the station's place: refused unless this is set (a private network, a test bench).
+    allow_insecure: bool = False
+    # connect, TLS, handshake and publish, all of it: a server that says nothing this long is
+    # down for us (platforms answer within a second or two; 10 s covers a slow mobile link)
+    connect_timeout_s: float = Field(10.0, ge=1, le=120)
+    stall_timeout_s: float = Field(10.0, ge=1, le=120)  # no byte taken this long: reconnect
+    # jittered backoff cap between connection attempts: 1,000 boxes retry at <= 100/s
+    backoff_max_s: float = Field(10.0, ge=0.5, le=600)
+    # the most a picture may wait in the agent before its group of pictures is dropped
+    max_lag_s: float = Field(1.0, ge=0.2, le=30)
+
+    @field_validator("url")
+    @classmethod
+    def _rtmp_url(cls, value: str) -> str:
+        if not re.match(r"^rtmps?://[^/@?#]+(/[^?#]*)?$", value) or redact_url(value) != value:
+            raise ValueError(
+                f"{redact_url(value)!r} must be an rtmp:// or rtmps:// URL (server and "
+                "application, e.g. rtmps://live.example.org/live) without user, password or "
+                "stream key: the key goes in key_file"
+            )
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _key_in_clear(self) -> RtmpOutputConfig:
+        if self.sends_plaintext_credentials and not self.allow_insecure:
+            raise ValueError(
+                "over rtmp:// the stream key crosses the network in clear: use an rtmps:// url "
+                "(or set allow_insecure = true in this [[uplink.rtmp]], for a private network "
+                "or a test set-up only)"
+            )
+        if self.ca_file is not None and not self.url.startswith("rtmps://"):
+            raise ValueError("ca_file is for rtmps:// urls")
+        return self
+
+    @property
+    def sends_plaintext_credentials(self) -> bool:
+        return self.url.startswith("rtmp://")
+
+
+def rtmp_output_name(index: int) -> str:
+    """'rtmp-1' for the first [[uplink.rtmp]] (disabled ones keep their number)."""
+    return f"rtmp-{index + 1}"
+
+
 class UplinkConfig(Section):
     http: HttpUplinkConfig | None = None
+    rtmp: list[RtmpOutputConfig] = Field(default_factory=list, max_length=8)
+
+    def rtmp_outputs(self) -> list[tuple[str, RtmpOutputConfig]]:
+        """(name, section) of each enabled [[uplink.rtmp]], in the file's order."""
+        return [(rtmp_output_name(i), rtmp) for i, rtmp in enumerate(self.rtmp) if rtmp.enabled]

@@ -10,6 +10,9 @@ prefix, on free loopback ports that stay the same across `stop()` / `start()` / 
 With `bearer_token`, PUT/DELETE/MKCOL without `Authorization: Bearer <token>` get 401;
 GET and HEAD stay open. With `tls` the HTTP port speaks HTTPS only (`url` starts with
 https://), and `require_client_cert` makes nginx demand a client certificate signed by the CA.
+With `rtmp_keys`, RTMP publishing is allowed only under those stream names (nginx-rtmp
+`on_publish`, answered by the control server); nginx-rtmp closes a refused publisher's
+connection without a word.
 A small plain-HTTP control server on its own port tells which configuration generation is
 live, so `set_bearer_token()` can reload nginx and wait until the new rules are in force.
 """
@@ -24,7 +27,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 import httpx
@@ -70,10 +73,14 @@ class Nginx:
         bearer_token: str | None = None,
         tls: Pki | None = None,
         require_client_cert: bool = False,
+        rtmp_keys: Collection[str] | None = None,
     ) -> None:
         if require_client_cert and tls is None:
             raise ValueError("require_client_cert needs tls")
         _check_token(bearer_token)
+        for key in rtmp_keys or ():
+            _check_token(key)
+        self.rtmp_keys = tuple(rtmp_keys) if rtmp_keys is not None else None
         self.prefix = base_dir / "nginx"
         self.root = base_dir / "ingest"
         self.rtmp_dir = self.root / "rtmp"
@@ -212,6 +219,10 @@ class Nginx:
         p, root = self.prefix, self.root
         auth_ok = f'"Bearer {self.bearer_token}" 1;' if self.bearer_token is not None else ""
         deny = '"00" 1;' if self.bearer_token is not None else ""
+        keys = " ".join(f'"{key}" 1;' for key in self.rtmp_keys or ())
+        on_publish = ""
+        if self.rtmp_keys is not None:
+            on_publish = f"on_publish http://127.0.0.1:{self.control_port}/publish;"
         return f"""
 load_module {RTMP_MODULE};
 user root;
@@ -236,6 +247,7 @@ http {{
     map $http_authorization $ingest_auth_ok {{ default 0; {auth_ok} }}
     map $request_method $ingest_is_read {{ default 0; GET 1; HEAD 1; }}
     map "$ingest_auth_ok$ingest_is_read" $ingest_deny {{ default 0; {deny} }}
+    map $arg_name $rtmp_key_ok {{ default 0; {keys} }}
     server {{
         listen 127.0.0.1:{self.http_port}{self._tls_listen()};
         {self._tls_conf()}
@@ -256,12 +268,15 @@ http {{
         listen 127.0.0.1:{self.control_port};
         access_log off;
         location = /generation {{ return 200 "{self._generation}"; }}
+        location = /publish {{ if ($rtmp_key_ok) {{ return 200; }} return 403; }}
     }}
 }}
 rtmp {{
     server {{
         listen 127.0.0.1:{self.rtmp_port};
+        notify_method get;
         application live {{
+            {on_publish}
             live on;
             record all;
             record_path {self.rtmp_dir};
