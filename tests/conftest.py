@@ -25,7 +25,10 @@ from hypothesis import settings
 
 from agent.service.config import AgentConfig
 from agent.telemetry import MqttConfig, Telemetry, open_channel
+from control.service import ControlService
+from control.simulate import Simulator
 from tests.peers.agent import AgentFactory, AgentProcess, Running
+from tests.peers.control import ControlFactory, SimulatorFactory, control_config, small_fleet
 from tests.peers.faultproxy import (
     FaultProxy,
     ProcessProxyFactory,
@@ -207,3 +210,38 @@ def run_agent() -> Iterator[Callable[[AgentConfig], Running]]:
     yield make
     for running in started:
         running.stop()
+
+
+# -- the control centre ---------------------------------------------------------------------
+@pytest.fixture
+def control_factory(tmp_path: Path) -> Iterator[ControlFactory]:
+    """make(broker, folder=tmp_path / "control", **sections) -> a started ControlService
+    (stopped at teardown; `svc.stop()` first is fine); the same folder keeps its database."""
+    made: list[ControlService] = []
+
+    def make(broker: Mosquitto, folder: Path | None = None, **sections: Any) -> ControlService:
+        folder = folder or tmp_path / "control"
+        folder.mkdir(parents=True, exist_ok=True)
+        service = ControlService(control_config(folder, broker, **sections)).start()
+        made.append(service)
+        return service
+
+    yield make
+    for service in made:
+        if not service.stopped:
+            service.stop()
+
+
+@pytest.fixture
+def simulator_factory() -> Iterator[SimulatorFactory]:
+    """make(broker, stations, **SimOptions) -> a running simulated fleet (1 s heartbeats)."""
+    made: list[Simulator] = []
+
+    def make(broker: Mosquitto, stations: int, **options: Any) -> Simulator:
+        sim = small_fleet(broker, stations, **options).start()
+        made.append(sim)
+        return sim
+
+    yield make
+    for sim in made:
+        sim.stop()

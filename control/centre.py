@@ -1,0 +1,354 @@
+"""The control centre's heart: every station's state, the alarms, what is written to the store.
+
+`ControlCentre` receives decoded messages from the ingest (paho's thread), keeps the states
+and the alarm book under one lock, and queues what must be written; `flush()` (the flush
+thread, every `[store] flush_every_s`) writes it in one transaction and `sweep()` raises
+stale alarms for stations that went silent. The web pages and the terminal view read
+`overview()` and `station()`. Clocks are parameters so tests can step time by hand.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from control.alarms import SEVERITY_RANK, Alarm, AlarmBook, station_causes
+from control.config import AlarmConfig, StoreConfig
+from control.roster import RosterEntry
+from control.state import NEVER_SEEN, OFFLINE, ONLINE, STALE, StationState
+from control.store import EventRow, Sample, Store
+
+log = logging.getLogger(__name__)
+
+# Heartbeat-only changes are persisted at most this often per station (the next heartbeat
+# restores them anyway after a restart); status changes, events and alarms at the next flush.
+STATE_EVERY_S = 30.0
+PRUNE_EVERY_S = 3600.0
+MAX_SAMPLES_HELD = 200_000  # while the disk refuses writes: two minutes of 100,000 stations
+OK, PROBLEM = "ok", "problem"
+# Overview order: problems first, the worst first.
+STATE_RANK = {OFFLINE: 0, STALE: 1, PROBLEM: 2, NEVER_SEEN: 3, OK: 4}
+STATES = tuple(STATE_RANK)
+
+
+@dataclass(frozen=True)
+class OverviewQuery:
+    region: str = ""
+    problem: str = ""  # a cause, or "any"
+    state: str = ""  # one of STATES
+    search: str = ""  # part of the station id or name
+    limit: int = 200
+
+
+class ControlCentre:
+    def __init__(
+        self,
+        store: Store,
+        alarms_cfg: AlarmConfig,
+        store_cfg: StoreConfig,
+        roster: dict[str, RosterEntry] | None = None,
+        *,
+        on_alarm: Callable[[Alarm], None] | None = None,
+        mono: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.cfg = alarms_cfg
+        self.store_cfg = store_cfg
+        self._mono, self._wall = mono, wall
+        self._on_alarm = on_alarm
+        self.lock = threading.Lock()
+        self.version = 0  # bumped on every change the overview shows
+        now_s, wall_s = mono(), wall()
+        self.stations: dict[str, StationState] = {
+            sid: StationState.from_record(rec, now_s, wall_s)
+            for sid, rec in store.station_records().items()
+        }
+        self.restored = bool(self.stations)
+        self.alarms = AlarmBook(store.active_alarms())
+        self.apply_roster(roster or {})
+        self._listening_since_s: float | None = None  # None: not connected to the broker
+        self._dirty: dict[str, bool] = {}  # station -> urgent
+        self._persisted_s: dict[str, float] = {}
+        self._samples: list[Sample] = []
+        self._sampled_s: dict[str, float] = {}
+        self._alarm_changes: list[Alarm] = []
+        self._pruned_s = -PRUNE_EVERY_S
+        self.duplicates = 0
+
+    def apply_roster(self, roster: dict[str, RosterEntry]) -> None:
+        with self.lock:
+            for sid, entry in roster.items():
+                st = self.stations.get(sid)
+                if st is None:
+                    self.stations[sid] = StationState.from_roster(entry)
+                else:
+                    st.name, st.region, st.expected = entry.name, entry.region, True
+            self.version += 1
+
+    # -- from the ingest (paho's thread) ---------------------------------------------------
+
+    def _station(self, sid: str) -> StationState:
+        st = self.stations.get(sid)
+        if st is None:
+            st = self.stations[sid] = StationState(sid)
+        return st
+
+    def on_connection(self, connected: bool) -> None:
+        with self.lock:
+            self._listening_since_s = self._mono() if connected else None
+            self.version += 1
+
+    def on_status(self, sid: str, msg: dict[str, Any]) -> None:
+        now_s, wall_s = self._mono(), self._wall()
+        with self.lock:
+            st = self._station(sid)
+            st.apply_status(msg, now_s, wall_s)
+            self._evaluate(st, now_s, wall_s)
+            self._dirty[sid] = True
+
+    def on_heartbeat(self, sid: str, msg: dict[str, Any], expiry_s: float | None) -> None:
+        now_s, wall_s = self._mono(), self._wall()
+        with self.lock:
+            st = self._station(sid)
+            was = st.status
+            st.apply_heartbeat(msg, now_s, wall_s, expiry_s)
+            self._evaluate(st, now_s, wall_s)
+            self._dirty.setdefault(sid, was != st.status)
+            if now_s - self._sampled_s.get(sid, -1e18) >= self.store_cfg.sample_every_s:
+                self._sampled_s[sid] = now_s
+                height = st.rung.partition("p")[0]
+                self._samples.append(
+                    Sample(sid, wall_s, st.rung, int(height) if height.isdigit() else None,
+                           st.bitrate_bps_actual, st.live_lag_s)
+                )  # fmt: skip
+
+    def on_event(self, sid: str, msg: dict[str, Any]) -> None:
+        now_s, wall_s = self._mono(), self._wall()
+        fields = msg.get("fields")
+        row = EventRow(
+            id=str(msg.get("id", "")),
+            station_id=sid,
+            seq=msg.get("seq") if isinstance(msg.get("seq"), int) else None,
+            at_utc=str(msg.get("at_utc", "")),
+            received_wall_s=wall_s,
+            kind=str(msg.get("kind", "")),
+            severity=str(msg.get("severity", "info")),
+            message=str(msg.get("message", "")),
+            fields=fields if isinstance(fields, dict) else {},
+        )
+        if not row.id or not self.store.add_event(row):
+            self.duplicates += 1  # delivered twice (QoS 1 after a reconnect): counted once
+            return
+        with self.lock:
+            st = self._station(sid)
+            st.apply_event(msg, now_s, wall_s)
+            self._evaluate(st, now_s, wall_s)
+            self._dirty[sid] = True
+
+    # -- alarms ----------------------------------------------------------------------------
+
+    def _listening_since(self, now_s: float) -> float:
+        return now_s if self._listening_since_s is None else self._listening_since_s
+
+    def _evaluate(self, st: StationState, now_s: float, wall_s: float) -> None:
+        """Under the lock."""
+        causes = station_causes(st, now_s, self.cfg, self._listening_since(now_s))
+        changed = self.alarms.update(st.station_id, causes, wall_s)
+        self.version += 1
+        if changed:
+            self._alarm_changes.extend(changed)
+            for alarm in changed:
+                log.info(
+                    "alarm %s: %s %s (%s)",
+                    "raised" if alarm.active else "cleared",
+                    alarm.station_id,
+                    alarm.cause,
+                    alarm.detail,
+                )
+                if self._on_alarm is not None:
+                    self._on_alarm(alarm)
+
+    def sweep(self) -> None:
+        """Time-driven alarm changes: stations gone silent (stale), held alarms that expired.
+        Looks at online stations whose heartbeat is older than its expiry and at stations
+        with an active alarm, not at the whole fleet's rules."""
+        now_s, wall_s = self._mono(), self._wall()
+        with self.lock:
+            if self._listening_since_s is None:
+                return  # our own link is down: silence says nothing about the stations
+            since_s = self._listening_since_s
+            due = {a.station_id for a in self.alarms}
+            for sid, st in self.stations.items():
+                if st.status == OFFLINE and "offline" not in self.alarms.of(sid):
+                    due.add(sid)  # offline for a while now: the alarm is due
+                elif st.status == ONLINE:
+                    last_s = st.heartbeat_mono_s if st.heartbeat_mono_s is not None else since_s
+                    if now_s - max(last_s, since_s) > st.heartbeat_expiry_s:
+                        due.add(sid)
+            for sid in due:
+                station = self.stations.get(sid)
+                if station is not None:
+                    self._evaluate(station, now_s, wall_s)
+
+    def acknowledge(self, alarm_id: str, user: str) -> Alarm | None:
+        wall_s = self._wall()
+        with self.lock:
+            alarm = self.alarms.acknowledge(alarm_id, user, wall_s)
+            if alarm is not None:
+                self._alarm_changes.append(alarm)
+                self.version += 1
+        if alarm is not None:
+            self.flush()
+            log.info("alarm acknowledged by %s: %s %s", user, alarm.station_id, alarm.cause)
+        return alarm
+
+    # -- persistence -----------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Writes queued states, samples and alarm changes in one transaction."""
+        now_s, wall_s = self._mono(), self._wall()
+        with self.lock:
+            states: list[tuple[str, dict[str, Any]]] = []
+            keep: dict[str, bool] = {}
+            for sid, urgent in self._dirty.items():
+                if urgent or now_s - self._persisted_s.get(sid, -1e18) >= STATE_EVERY_S:
+                    states.append((sid, self.stations[sid].to_record(now_s, wall_s)))
+                    self._persisted_s[sid] = now_s
+                else:
+                    keep[sid] = False
+            self._dirty = keep
+            samples, self._samples = self._samples, []
+            alarms, self._alarm_changes = self._alarm_changes, []
+        if states or samples or alarms:
+            try:
+                self.store.write_batch(states, samples, _latest_per_alarm(alarms), wall_s)
+            except sqlite3.Error:
+                with self.lock:  # written next time (the caller logs the error)
+                    for sid, _ in states:
+                        self._dirty[sid] = True
+                    self._samples[:0] = samples[-MAX_SAMPLES_HELD:]
+                    self._alarm_changes[:0] = alarms
+                raise
+        if now_s - self._pruned_s >= PRUNE_EVERY_S:
+            self._pruned_s = now_s
+            self.store.prune(
+                wall_s, self.store_cfg.event_retention_days, self.store_cfg.sample_retention_days
+            )
+
+    # -- views -----------------------------------------------------------------------------
+
+    def kind_of(self, st: StationState, now_s: float) -> str:
+        """Under the lock: offline / stale / never_seen / problem / ok."""
+        conn = st.connectivity(now_s, self._listening_since(now_s))
+        if conn != ONLINE:
+            return conn
+        return PROBLEM if self.alarms.of(st.station_id) else OK
+
+    def overview(self, query: OverviewQuery) -> dict[str, Any]:
+        """Counts by state and by cause (whole fleet), regions, and the matching stations,
+        problems first (at most query.limit rows)."""
+        now_s = self._mono()
+        search = query.search.lower()
+        counts: Counter[str] = Counter()
+        causes: Counter[str] = Counter()
+        regions: set[str] = set()
+        matches: list[tuple[int, int, str, StationState, str, dict[str, Alarm]]] = []
+        with self.lock:
+            version = self.version
+            for sid, st in self.stations.items():
+                kind = self.kind_of(st, now_s)
+                alarms = self.alarms.of(sid)
+                counts[kind] += 1
+                causes.update(alarms.keys())
+                regions.add(st.region)
+                if query.region and st.region != query.region:
+                    continue
+                if query.state and kind != query.state:
+                    continue
+                if query.problem and not (
+                    alarms if query.problem == "any" else query.problem in alarms
+                ):
+                    continue
+                if search and search not in sid.lower() and search not in st.name.lower():
+                    continue
+                worst = min((SEVERITY_RANK[a.severity] for a in alarms.values()), default=9)
+                matches.append((STATE_RANK[kind], worst, sid, st, kind, alarms))
+            matches.sort(key=lambda m: m[:3])
+            rows = [_row(st, kind, alarms) for _, _, _, st, kind, alarms in matches[: query.limit]]
+        return {
+            "version": version,
+            "total": len(self.stations),
+            "counts": {state: counts.get(state, 0) for state in STATES},
+            "causes": dict(sorted(causes.items())),
+            "regions": sorted(r for r in regions if r),
+            "matching": len(matches),
+            "rows": rows,
+        }
+
+    def station(self, sid: str) -> dict[str, Any] | None:
+        now_s, wall_s = self._mono(), self._wall()
+        with self.lock:
+            st = self.stations.get(sid)
+            if st is None:
+                return None
+            record = st.to_record(now_s, wall_s)
+            record["state"] = self.kind_of(st, now_s)
+            record["alarms"] = [alarm_dict(a) for a in self.alarms.of(sid).values()]
+        return record
+
+    def active_alarms(self) -> list[Alarm]:
+        with self.lock:
+            return list(self.alarms)
+
+    def station_ids(self) -> list[str]:
+        with self.lock:
+            return list(self.stations)
+
+
+def _latest_per_alarm(alarms: Iterable[Alarm]) -> list[Alarm]:
+    latest: dict[str, Alarm] = {}
+    for alarm in alarms:
+        latest[alarm.alarm_id] = alarm
+    return list(latest.values())
+
+
+def _row(st: StationState, kind: str, alarms: dict[str, Alarm]) -> dict[str, Any]:
+    return {
+        "station_id": st.station_id,
+        "name": st.name,
+        "region": st.region,
+        "state": kind,
+        "problems": [
+            {"cause": a.cause, "title": a.title, "severity": a.severity, "acked": bool(a.acked_by)}
+            for a in sorted(alarms.values(), key=lambda a: SEVERITY_RANK[a.severity])
+        ],
+        "rung": st.rung,
+        "bitrate_bps": st.bitrate_bps_actual,
+        "live_lag_s": st.live_lag_s,
+        "backlog_s": st.backlog_s,
+        "version": st.version,
+        "seen_wall_s": st.seen_wall_s,
+    }
+
+
+def alarm_dict(a: Alarm) -> dict[str, Any]:
+    return {
+        "id": a.alarm_id,
+        "station_id": a.station_id,
+        "cause": a.cause,
+        "title": a.title,
+        "class": a.alarm_class,
+        "severity": a.severity,
+        "detail": a.detail,
+        "started_wall_s": a.started_wall_s,
+        "cleared_wall_s": a.cleared_wall_s,
+        "acked_by": a.acked_by,
+        "acked_wall_s": a.acked_wall_s,
+    }
