@@ -15,7 +15,9 @@ as the broker takes it (bench/control_ingest.py).
 
 from __future__ import annotations
 
+import csv
 import heapq
+import io
 import json
 import logging
 import queue
@@ -26,14 +28,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent.core.config import ConfigError
 from agent.telemetry.config import parse_broker_url
 from agent.telemetry.signing import CommandRefused, CommandVerifier
 from control.simfleet import FaultPlan, SimStation
@@ -41,6 +46,17 @@ from control.simfleet import FaultPlan, SimStation
 log = logging.getLogger(__name__)
 
 STATIONS_PER_SHARED_CONNECTION = 5_000
+REGIONS = ("North", "South", "East", "West", "Centre", "Coast")
+PLACES = (
+    "Primary school",
+    "Town hall",
+    "Library",
+    "Sports hall",
+    "Community centre",
+    "Fire station",
+    "Secondary school",
+    "Parish hall",
+)
 MISC_EVERY_S = 1.0  # paho keepalive bookkeeping (PINGREQ) per connection
 RECONNECT_S = 2.0
 SELECT_MAX_S = 0.05
@@ -74,8 +90,7 @@ class Link:
         self.up = False
         self.down_until_s = 0.0  # an offline station's connection stays down until then
         self.sock: socket.socket | None = None
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                             protocol=mqtt.MQTTv5)  # fmt: skip
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         client.max_inflight_messages_set(0)  # no cap: a burst is limited by the broker only
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
@@ -87,8 +102,9 @@ class Link:
         st = self.station
         if st is not None:
             will = st.status_offline(time.time(), clean=False, reason="connection_lost")
-            self.client.will_set(self.sim.topic(st.station_id, "status"), json.dumps(will),
-                                 qos=1, retain=True)  # fmt: skip
+            self.client.will_set(
+                self.sim.topic(st.station_id, "status"), json.dumps(will), qos=1, retain=True
+            )
         broker = self.sim.broker
         self.client.connect(broker.host, broker.port, keepalive=self.sim.opts.keepalive_s)
         self.sock = self.client.socket()  # type: ignore[assignment]
@@ -165,7 +181,7 @@ class Simulator:
                 now_wall - self.rng.uniform(60, 3600),
                 random.Random(f"{opts.seed}:{sid}"),  # noqa: S311
                 heartbeat_s=opts.heartbeat_s,
-            )  # fmt: skip
+            )
             for sid in opts.station_ids()
         }
         self.plan = FaultPlan(opts.faulty, self.rng, mean_s=opts.fault_mean_s)
@@ -229,8 +245,13 @@ class Simulator:
                 link.down_until_s = 0.0  # reconnects at the next service round
             else:
                 self.announce(st)
-            st.emit(wall_s, "agent_started", "info", "agent started after a power cut",
-                    version=st.status_online(wall_s)["version"])  # fmt: skip
+            st.emit(
+                wall_s,
+                "agent_started",
+                "info",
+                "agent started after a power cut",
+                version=st.status_online(wall_s)["version"],
+            )
             return
         if step == "end":
             st.end_fault(wall_s)
@@ -386,8 +407,12 @@ class Simulator:
                 continue
             if link.station is not None:
                 body = link.station.status_offline(wall_s, clean=True, reason="SIGTERM")
-                info = link.client.publish(self.topic(link.station.station_id, "status"),
-                                           json.dumps(body), qos=1, retain=True)  # fmt: skip
+                info = link.client.publish(
+                    self.topic(link.station.station_id, "status"),
+                    json.dumps(body),
+                    qos=1,
+                    retain=True,
+                )
                 deadline_s = time.monotonic() + 2.0
                 while not info.is_published() and time.monotonic() < deadline_s:
                     link.client.loop(0.05)
@@ -444,3 +469,40 @@ def burst(opts: SimOptions, heartbeats_per_station: int, timeout_s: float = 600.
         link.client.disconnect()
         link.client.loop_write()
     return sim.published
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    """The control centre's public key (PEM), to check signed commands as a station would."""
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the key: {exc.strerror}") from None
+    except ValueError:
+        raise ConfigError(f"{path}: not a PEM public key") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfigError(f"{path}: not an Ed25519 key")
+    return key
+
+
+def write_sim_roster(path: Path, opts: SimOptions, never_seen: int = 0) -> Path:
+    """A roster CSV of the simulated stations (plus `never_seen` stations nobody simulates),
+    with the provisioning columns a real one has and names and regions for the dashboard."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["station_id", "camera", "upload_url", "name", "region", "address"])
+    ids = opts.station_ids() + [f"{opts.id_prefix}X{i:03d}" for i in range(1, never_seen + 1)]
+    for n, sid in enumerate(ids):
+        region = REGIONS[n % len(REGIONS)]
+        place = PLACES[n % len(PLACES)]
+        writer.writerow(
+            [
+                sid,
+                "v4l2:/dev/video0",
+                "https://ingest.example.org/stations",
+                f"{place} {n + 1}",
+                region,
+                f"{n + 1} Station Road, {region}",
+            ]
+        )
+    path.write_text(out.getvalue(), encoding="utf-8")
+    return path
