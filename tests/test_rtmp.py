@@ -28,6 +28,7 @@ from agent.service.config import (
     secret_values,
 )
 from agent.telemetry import load_schema
+from agent.tools.check_rtmp import check_rtmp
 from agent.uplink.rtmp import RtmpOutput
 from tests.peers.agent import Running, assert_all_on_server, wait_until
 from tests.peers.config import SMALL_RUNG, STATION, agent_config
@@ -314,3 +315,25 @@ def test_config_and_secrets_of_rtmp_outputs(tmp_path: Path) -> None:
     path.chmod(0o644)
     with pytest.raises(ConfigError, match="chmod 600"):
         load_secrets(cfg)
+
+
+# -- check ----------------------------------------------------------------------------------------
+
+
+def test_check_publishes_one_second_and_names_the_fix(
+    nginx_factory: NginxFactory, tmp_path: Path
+) -> None:
+    nginx = nginx_factory(rtmp_keys=[KEY])
+    cfg = rtmp_config(tmp_path, nginx.rtmp_url)
+    passed = check_rtmp(cfg, load_secrets(cfg), "rtmp-1")
+    assert passed.result == "PASS", passed
+    recording = nginx.wait_for_recording(KEY, timeout_s=WAIT_S)
+    assert len(frames_of(recording)) == 15  # one second of the lowest rung, 15 fps
+    wrong_dir = tmp_path / "wrong"
+    wrong_dir.mkdir()
+    cfg = rtmp_config(wrong_dir, nginx.rtmp_url, key="not-the-key-5678")
+    failed = check_rtmp(cfg, load_secrets(cfg), "rtmp-1")
+    assert failed.result == "FAIL"
+    assert "in answer to the publish request" in failed.detail
+    assert failed.fix is not None and str(wrong_dir / "stream-key") in failed.fix
+    assert "not-the-key-5678" not in repr(failed)

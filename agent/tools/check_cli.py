@@ -12,6 +12,7 @@ import argparse
 import json
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from agent.core.config import Secrets
@@ -33,6 +34,7 @@ from agent.tools.check import (
     check_spool,
     redact_result,
 )
+from agent.tools.check_rtmp import RTMP_LIMIT_S, check_rtmp
 from agent.tools.station_key import SIGNING_LIMIT_S, check_signing
 
 NEED_CONFIG = (
@@ -196,6 +198,8 @@ def _config_checks(
                 lambda: check_net.check_throughput(cfg, secrets, system),
             )
         )
+    for name, _ in cfg.uplink.rtmp_outputs():  # one line per live output; none without any
+        add(bounded("rtmp", RTMP_LIMIT_S, partial(check_rtmp, cfg, secrets, name)))
     add(bounded("mqtt", LIMITS_S["mqtt"], lambda: check_net.check_mqtt(cfg, secrets)))
     add(bounded("clock", LIMITS_S["clock"], lambda: check_net.check_clock(cfg, system)))
     add(bounded("spool", LIMITS_S["spool"], lambda: check_spool(cfg, options.hours)))
