@@ -98,8 +98,9 @@ def explain(reason: str, rtmp: RtmpOutputConfig) -> str:
     if "publish request" in reason or "refused to publish" in reason:
         return (
             f"The server refuses this stream key: put this station's stream key (one line) in "
-            f"{rtmp.key_file} and run `sudo systemctl reload station-agent`; ask central staff "
-            "or the platform for it (and check the stream is set up to receive)."
+            f"{rtmp.key_file} (a running service takes it on `sudo systemctl kill -s HUP "
+            "station-agent`); ask central staff or the platform for it, and check that the "
+            "stream there is set up to receive."
         )
     if "application" in reason or "in answer to 'connect'" in reason:
         return f"Check the application part of [[uplink.rtmp]] url ({rtmp.url})."
