@@ -202,6 +202,22 @@ def test_a_wrong_key_is_refused_with_what_the_server_did(
     assert not nginx.recordings("a-wrong-key-1234")
 
 
+def test_a_fixed_key_file_is_used_after_a_reload(
+    nginx_factory: NginxFactory, tmp_path: Path, run_agent: RunAgent
+) -> None:
+    """SIGHUP (Pipeline.reload_secrets): the publisher reconnects with the new key at once."""
+    nginx = nginx_factory(rtmp_keys=[KEY])
+    cfg = rtmp_config(tmp_path, nginx.rtmp_url, key="a-wrong-key-1234")
+    running = run_agent(cfg)
+    assert running.sink.wait_for("rtmp_disconnected", WAIT_S)
+    key_file(tmp_path, KEY)
+    running.pipeline.reload_secrets(load_secrets(cfg))
+    assert running.sink.wait_for("rtmp_connected", WAIT_S)
+    wait_frames_sent(running, 15)
+    running.stop()
+    assert frames_of(nginx.wait_for_recording(KEY, timeout_s=WAIT_S))
+
+
 def test_a_refusal_carries_the_servers_own_words(tmp_path: Path, run_agent: RunAgent) -> None:
     server = ScriptedRtmpServer("refuse", reason="Invalid stream key a-wrong-key-1234")
     server.start()
