@@ -207,6 +207,8 @@ class ControlCentre:
         if alarm is not None:
             self.flush()
             log.info("alarm acknowledged by %s: %s %s", user, alarm.station_id, alarm.cause)
+            if self._on_alarm is not None:
+                self._on_alarm(alarm)
         return alarm
 
     # -- persistence -----------------------------------------------------------------------
@@ -302,6 +304,12 @@ class ControlCentre:
             record["state"] = self.kind_of(st, now_s)
             record["alarms"] = [alarm_dict(a) for a in self.alarms.of(sid).values()]
         return record
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        """Every station's state record (as persisted), for reports."""
+        now_s, wall_s = self._mono(), self._wall()
+        with self.lock:
+            return {sid: st.to_record(now_s, wall_s) for sid, st in self.stations.items()}
 
     def active_alarms(self) -> list[Alarm]:
         with self.lock:

@@ -194,12 +194,17 @@ def _user_add(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from control.report import day_report_csv, parse_day
+    from control.roster import read_roster
     from control.store import Store
 
     cfg = load_control_config(args.config)
     store = Store(cfg.store.path)
     try:
-        sys.stdout.write(day_report_csv(store, parse_day(args.day)))
+        records = store.station_records()
+        if cfg.roster.path is not None:
+            for sid, entry in read_roster(cfg.roster.path).items():
+                records.setdefault(sid, {"name": entry.name, "region": entry.region})
+        sys.stdout.write(day_report_csv(store, records, parse_day(args.day)))
     finally:
         store.close()
     return 0

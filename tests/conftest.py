@@ -28,6 +28,7 @@ from agent.telemetry import MqttConfig, Telemetry, open_channel
 from control.service import ControlService
 from control.simulate import Simulator
 from tests.peers.agent import AgentFactory, AgentProcess, Running
+from tests.peers.browser import chromium
 from tests.peers.control import ControlFactory, SimulatorFactory, control_config, small_fleet
 from tests.peers.faultproxy import (
     FaultProxy,
@@ -245,3 +246,11 @@ def simulator_factory() -> Iterator[SimulatorFactory]:
     yield make
     for sim in made:
         sim.stop()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    """Headless Chromium (Selenium WebDriver), quit at teardown."""
+    driver = chromium(tmp_path)
+    yield driver
+    driver.quit()

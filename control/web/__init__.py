@@ -1,0 +1,1 @@
+"""The web dashboard (aiohttp): pages, live updates, JSON API, log-in."""
