@@ -11,6 +11,7 @@ station-control demo
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import signal
 import sys
@@ -88,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     watch = sub.add_parser("watch", help="the overview in a terminal (80 columns)")
     _config_arg(watch)
+    watch.add_argument("--url", default=None, help="the dashboard (default: from --config)")
+    watch.add_argument("--user", default=getpass.getuser(), help="dashboard user name")
+    watch.add_argument(
+        "--password-file",
+        type=Path,
+        default=None,
+        help="read the password from this file (default: ask)",
+    )
     watch.add_argument("--once", action="store_true", help="print once and exit")
     watch.add_argument("--interval-s", type=float, default=2.0)
     watch.add_argument("--region", default="")
@@ -178,9 +187,11 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _watch(args: argparse.Namespace) -> int:
+    from control.config import ControlConfig
     from control.watch import watch
 
-    return watch(load_control_config(args.config), args)
+    cfg = ControlConfig() if args.url else load_control_config(args.config)
+    return watch(cfg, args)
 
 
 def _user_add(args: argparse.Namespace) -> int:
