@@ -109,6 +109,23 @@ def test_a_missing_file_is_recorded_as_lost_once(tmp_path: Path) -> None:
     assert verify_spool(tmp_path, spool) == []
 
 
+def test_a_loss_report_names_its_recording(tmp_path: Path) -> None:
+    """Every recording numbers its segments from 0 (a replaced box, spool or index): a
+    segment_dropped event says which recording's segment was lost, not only its seq."""
+    sink = RecordingSink()
+    spools = [open_spool(tmp_path / name, sink) for name in ("old", "new")]
+    for spool in spools:
+        spool.add(segment(1_000, 1))
+        (spool.segment_dir / "00000000.ts").unlink()
+        with pytest.raises(SegmentMissing):
+            spool.read_verified(0)
+    dropped = [e.fields for e in sink.events if e.kind == "segment_dropped"]
+    assert [(f["recording_id"], f["seq"]) for f in dropped] == [
+        (spools[0].recording_id, 0),
+        (spools[1].recording_id, 0),
+    ]
+
+
 @pytest.mark.parametrize("damage", ["truncated", "changed"])
 def test_a_damaged_file_is_quarantined_and_recorded_as_lost_once(
     tmp_path: Path, damage: str

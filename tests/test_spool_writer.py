@@ -85,6 +85,7 @@ def test_a_segment_unstorable_at_shutdown_is_reported_dropped(
     dropped = sink.wait_for("segment_dropped", 0)
     assert dropped is not None and dropped.severity == "critical"
     assert dropped.fields["started_utc"] == segment(7).started_utc
+    assert dropped.fields["recording_id"] == store.recording_id  # seqs repeat across recordings
     assert dropped.fields["bytes"] == 2_000
     assert writer.segments_stored == 0 and store.segments() == []
     assert sink.kinds().count("spool_write_failed") == 1  # reported once, not per attempt

@@ -250,6 +250,8 @@ class SpoolIndex:
         self.lock = lock
         self._sink = sink
         self._on_full = on_full  # frees room on the disk; False when it had none to free
+        # named in loss reports: every recording numbers its segments from 0 (set at open)
+        self.recording_id = ""
         # called in the transaction of every new segment row (the signed manifest chain)
         self.on_insert: Callable[[sqlite3.Connection, Row], object] | None = None
 
@@ -314,7 +316,7 @@ class SpoolIndex:
                 "segment_dropped",
                 "critical",
                 f"segment {seq} was lost before upload: {reason}",
-                {"seq": seq, "bytes": nbytes, "reason": reason},
+                {"seq": seq, "recording_id": self.recording_id, "bytes": nbytes, "reason": reason},
             )
         )
 

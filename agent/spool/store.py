@@ -299,6 +299,7 @@ class Spool:
             db = index.connect_index(file, self._busy_timeout_s)
         self._index = SpoolIndex(db, self._lock, self._sink, on_full=self._room.reserve.release)
         self.recording_id = index.recording_id(db, create=True)
+        self._index.recording_id = self.recording_id
         return report, previous_id
 
     def _recover(self, recovery: Recovery, report: RecoveryReport) -> None:

@@ -161,6 +161,11 @@ class SpoolWriter:
                 "critical",
                 f"a segment recorded at {segment.started_utc} could not be stored before "
                 f"shutdown: {reason}",
-                {"started_utc": segment.started_utc, "bytes": len(segment.data), "reason": reason},
+                {
+                    "started_utc": segment.started_utc,
+                    "recording_id": self._spool.recording_id,
+                    "bytes": len(segment.data),
+                    "reason": reason,
+                },
             )
         )
