@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.tools.station_key import KEY_NAME, PUBLIC_NAME, load_or_make_key, write_key_files
 from bench.chaos_boxes import (
     Box,
     corrupt_index,
@@ -76,6 +77,7 @@ SETTLE_S = 30.0  # damaged files are found (and reported) by then
 EVICTIONS = 3  # the small disk is full once this many segments were evicted unuploaded
 FILL_S = 150.0
 QUIET_S = 3.0  # the MQTT recorder is done when nothing came for this long
+VERIFY_LINES = 30  # of the verifier's report, its last lines (the summary) are printed
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,7 @@ class Chaos:
         self.work = work
         self.rng = random.Random(seed ^ 0x5EED)
         self.nginx = Nginx(work / "nginx")
+        self.key_dir = work / "etc"  # the station's signing key: every box signs with it
         self.broker = Mosquitto(work / "mosquitto", persistence=True)
         self.ledger: UploadLedger
         self.proxy: FaultProxy
@@ -203,6 +206,9 @@ class Chaos:
         self.broker.start()
         self.recorder = Subscriber(self.broker, f"stations/{STATION}/#", persistent=True)
         self.small_disk_refused = _small_disk_refused(self.work / "probe")
+        self.key_dir.mkdir()
+        key, new = load_or_make_key(self.key_dir)
+        write_key_files(self.key_dir, key, new, owner=None)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -266,6 +272,7 @@ class Chaos:
             self.shim = WallClockShim(self.work / f"clock-{spec.label}")
             env = self.shim.env
         config = box_config(self.proxy.url_for("/ingest"), self.broker.url, noisy=small is not None)
+        config["spool"] = {**config["spool"], "signing_key_file": self.key_dir / KEY_NAME}
         box = Box(spec.label, self.work, config, env, small)
         self.boxes.append(box)
         self.box = box
@@ -408,6 +415,16 @@ class Chaos:
             time.sleep(QUIET_S)
 
     # -- evidence --------------------------------------------------------------------------
+
+    def verify(self) -> tuple[int, str]:
+        """`station-agent verify` over the station's folder on the server: its exit code and
+        its summary (the verifier's own judgement of the signed record, for the report)."""
+        done = subprocess.run(
+            [sys.executable, "-m", "agent", "verify", str(self.nginx.root / STATION),
+             "--key", str(self.key_dir / PUBLIC_NAME)],
+            capture_output=True, text=True, check=False, timeout=300,
+        )  # fmt: skip
+        return done.returncode, done.stdout
 
     def events(self) -> list[dict[str, Any]]:
         """Every event the recorder got, once each (by id), with the box that was live."""
@@ -573,11 +590,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         with Chaos(work, args.seed) as chaos:
             chaos.run(steps)
             evidence = chaos.evidence()
+            verify_code, verify_out = chaos.verify()
         result = reconcile(evidence)
         print(f"chaos bench: {shlex.join(['python', '-m', 'bench.chaos', *sys.argv[1:]])}")
         print(f"seed {args.seed}, {minutes:g} min planned, {chaos.elapsed_s:.0f} s run, "
               f"station {STATION}, 320x240 test: source, 1 s segments\n")  # fmt: skip
         print(report(chaos, result, evidence))
+        print(f"\nstation-agent verify over the upstream (the signed record): exit {verify_code}")
+        print("\n".join(f"  {line}" for line in verify_out.splitlines()[-VERIFY_LINES:]))
         print(f"\nverdict: {'PASS' if result.ok else 'FAIL'} (unreported loss "
               f"{len(result.unreported)}, upstream objects overwritten "
               f"{len(result.overwritten) + len(result.cross_box)})")  # fmt: skip
