@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from agent import __version__
+from agent.core import logs  # first: sets OPENCV_LOG_LEVEL before anything imports cv2
 from agent.core.config import ConfigError
 from agent.core.redact import redact_logging
 from agent.service.config import (
@@ -21,6 +22,7 @@ from agent.service.config import (
 from agent.service.runner import serve
 from agent.spool.store import Spool, SpoolError
 from agent.tools import check_cli, health_cli, mask_cli, provision_cli, spool_cli, verify_cli
+from agent.tools.terminal import narrow_help
 
 log = logging.getLogger("agent")
 
@@ -48,17 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module in TOOL_MODULES:
         module.add_parser(sub)
+    narrow_help(parser)  # every --help fits 80 columns
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure_logging(verbose=args.verbose)  # journald priorities under systemd
     redact_logging()  # no log line carries a URL's password or token (agent/core/redact.py)
     try:
         return int(args.func(args))
