@@ -219,6 +219,7 @@ class DelayedEncoder:
     (QSV async depth, NVENC surfaces, V4L2 M2M buffers) do."""
 
     has_latency = True
+    keeps_frames = True  # a hardware encoder may read a frame after encode() returned
 
     def __init__(self, inner: Any) -> None:
         self._inner, self._queue = inner, collections.deque[Any]()

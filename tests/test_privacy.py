@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from agent.capture.frames import planes, to_bgr, to_i420
 from agent.capture.privacy import (
     SOLID_FILL_LEVEL,
     MaskRegion,
@@ -189,6 +190,30 @@ def test_pixelate_leaves_no_fine_detail_but_keeps_coarse_light() -> None:
         assert high_frequency(decoded, outside(booth_pixels(width, height), 6)) > 15
 
 
+@pytest.mark.parametrize("fill", ["solid", "pixelate"])
+def test_i420_frames_are_masked_in_every_plane(fill: str) -> None:
+    """The pipeline's frames are I420: luma and both chroma planes hide the booths, as the
+    BGR frames do, and nothing outside a mask (and its 2x2 chroma rim) changes."""
+    masker = PrivacyMasker(PrivacyConfig.model_validate(BOOTHS | {"fill": fill}))
+    bgr = checkerboard(CAPTURE_W, CAPTURE_H)
+    i420 = to_i420(bgr)
+    original = i420.copy()
+    masker.apply(i420)
+    shown = to_bgr(i420)
+    booths = booth_pixels(CAPTURE_W, CAPTURE_H)
+    if fill == "solid":
+        assert_solid_where_masked(shown)
+    else:
+        assert high_frequency(shown, inside(booths, 2)) < 3  # blocks, not the pattern
+    rim = ~outside(booths, 2)  # a chroma sample covers 2x2 luma pixels
+    y, y0 = i420[:CAPTURE_H], original[:CAPTURE_H]
+    assert np.array_equal(y[~rim], y0[~rim])
+    chroma_rim = rim.reshape(CAPTURE_H // 2, 2, CAPTURE_W // 2, 2).any(axis=(1, 3))
+    for plane, before in zip(planes(i420)[1:], planes(original)[1:], strict=True):
+        assert np.array_equal(plane[~chroma_rim], before[~chroma_rim])
+        assert not np.array_equal(plane[chroma_rim], before[chroma_rim])
+
+
 # -- the masker ----------------------------------------------------------------------------
 
 
@@ -236,8 +261,11 @@ def test_mask_is_read_only_and_rejects_other_frames() -> None:
     masker = PrivacyMasker(PrivacyConfig.model_validate(BOOTHS))
     with pytest.raises(ValueError):
         masker.mask_for(64, 48)[0, 0] = True
+    for frame in (np.zeros((47, 64), np.uint8), np.zeros((48, 64, 4), np.uint8)):
+        with pytest.raises(ValueError, match="BGR or I420"):  # neither BGR nor I420
+            masker.apply(frame)
     with pytest.raises(ValueError, match="uint8"):
-        masker.apply(np.zeros((48, 64), np.uint8))
+        masker.apply(np.zeros((48, 64, 3), np.float32))
 
 
 @settings(max_examples=60, deadline=None)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.capture.config import CaptureConfig
+from agent.capture.frames import to_i420
 from agent.capture.sources import FrameSource, SourceError
 from agent.core.backoff import floor_jitter_s
 from agent.core.events import Event, EventSink, utc_now_iso
@@ -40,7 +41,7 @@ class Outage:
 @dataclass(frozen=True)
 class CapturedFrame:
     index: int  # increases by one per delivered frame
-    image: np.ndarray  # BGR, already privacy-masked
+    image: np.ndarray  # I420 (agent/capture/frames.py), already privacy-masked
     captured_s: float  # monotonic time of capture
 
 
@@ -164,6 +165,7 @@ class Capture:
                 if now_s - last_frame_s > self._cfg.stall_timeout_s:
                     raise SourceError(f"no frame for {self._cfg.stall_timeout_s:.0f} s")
                 continue
+            image = to_i420(image)  # (BGR sources: converted once, here)
             if self._frame_hook is not None:
                 self._frame_hook(image)
             last_frame_s = now_s

@@ -4,7 +4,8 @@ Masks are polygons or rectangles in normalised coordinates (0..1 of the frame wi
 so one configuration holds at every capture and rung resolution. `PrivacyMasker.apply()` runs on
 every frame right after capture, before overlay, health, encoding, snapshots or anything else, and
 overwrites the masked pixels in place: solid (one opaque colour) or pixelated (blocks so coarse
-that a ballot mark cannot be read).
+that a ballot mark cannot be read). Frames are BGR or I420 (agent/capture/frames.py); in I420 each
+plane is masked on its own, the chroma planes where any of their 2x2 luma pixels is masked.
 
 Rasterisation is conservative: a pixel that the mask outline touches is masked. The per-resolution
 work (rasterise, bounding boxes, crops) is done once and cached, so a frame costs one slice
@@ -23,11 +24,13 @@ import cv2
 import numpy as np
 from pydantic import Field, model_validator
 
+from agent.capture.frames import planes
 from agent.core.config import Section
 
 log = logging.getLogger(__name__)
 
 Fill = Literal["solid", "pixelate"]
+Layout = Literal["bgr", "luma", "chroma"]  # what a plan is for: a BGR frame or an I420 plane
 
 # The raster `coverage_share` measures on: 1000x1000 resolves 0.1 % of the frame per axis.
 COVERAGE_RASTER_PX = 1000
@@ -48,8 +51,10 @@ PIXELATE_MIN_BLOCK_PX = 8
 # A block's colour is the mean of a 6x6 grid of samples spread over it: as unreadable as the full
 # mean and about 20 times cheaper at 1080p (INTER_AREA over every pixel costs ~1 ms per booth).
 PIXELATE_SAMPLES_PER_BLOCK = 6
-# Resolutions whose rasterised masks are kept (capture size, a few rung sizes for health).
-MAX_CACHED_RESOLUTIONS = 4
+# Solid fill in I420: the luma OpenCV's BGR->I420 gives SOLID_FILL_LEVEL grey, neutral chroma.
+SOLID_FILL_Y, SOLID_FILL_UV = 71, 128
+# Rasterised masks kept: capture size and a few rung sizes, each as BGR or as I420 luma + chroma.
+MAX_CACHED_PLANS = 8
 # Sub-pixel precision for cv2.fillPoly / cv2.polylines (fixed point with this many bits).
 _SHIFT_BITS = 8
 
@@ -189,7 +194,7 @@ class _Patch:
     fill: Fill
     cells: tuple[int, int]  # pixelate: the box shrinks to (cols, rows) blocks
     row_spans: tuple[tuple[int, int], ...]  # pixelate: the box rows each block row covers
-    scratch: np.ndarray  # (bh, bw, 3): the solid fill, or the buffer for the pixelated box
+    scratch: np.ndarray  # (bh, bw[, 3]): the solid fill, or the buffer for the pixelated box
 
 
 @dataclass(frozen=True)
@@ -209,30 +214,42 @@ class PrivacyMasker:
         self._cfg = cfg
         # Pixelated masks first: where masks overlap, a solid mask stays solid.
         self._regions = sorted(cfg.masks, key=lambda r: cfg.fill_of(r) == "solid")
-        self._plans: dict[tuple[int, int], _Plan] = {}
+        self._plans: dict[tuple[int, int, Layout], _Plan] = {}
         self._cache_lock = threading.Lock()
         self._apply_lock = threading.Lock()
         self.active_count = len(cfg.masks)
         self.area_share = coverage_share(cfg)
 
-    def apply(self, frame_bgr: np.ndarray) -> None:
-        """Overwrite the masked pixels of an (h, w, 3) uint8 BGR frame."""
+    def apply(self, frame: np.ndarray) -> None:
+        """Overwrite the masked pixels of an (h, w, 3) uint8 BGR frame or an (h*3/2, w) uint8
+        I420 frame."""
         if not self._regions:
             return
-        if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
-            raise ValueError(f"expected an (h, w, 3) uint8 frame, got {frame_bgr.shape}")
-        if not frame_bgr.flags.c_contiguous:  # OpenCV would write into a copy of such a view
-            work = np.ascontiguousarray(frame_bgr)
+        bgr = frame.ndim == 3 and frame.shape[2] == 3
+        i420 = frame.ndim == 2 and frame.shape[0] % 3 == 0 and frame.shape[1] % 2 == 0
+        if not (bgr or i420) or frame.dtype != np.uint8:
+            raise ValueError(f"expected a BGR or I420 uint8 frame, got {frame.shape}")
+        if not frame.flags.c_contiguous:  # OpenCV would write into a copy of such a view
+            work = np.ascontiguousarray(frame)
             self.apply(work)
-            frame_bgr[...] = work
+            frame[...] = work
             return
-        plan = self._plan(frame_bgr.shape[0], frame_bgr.shape[1])
+        if bgr:
+            self._apply_plan(frame, self._plan(frame.shape[0], frame.shape[1], "bgr"))
+            return
+        y, u, v = planes(frame)
+        self._apply_plan(y, self._plan(y.shape[0], y.shape[1], "luma"))
+        chroma = self._plan(u.shape[0], u.shape[1], "chroma")
+        self._apply_plan(u, chroma)
+        self._apply_plan(v, chroma)
+
+    def _apply_plan(self, image: np.ndarray, plan: _Plan) -> None:
         with self._apply_lock:
             for patch in plan.patches:
-                box = frame_bgr[patch.ys, patch.xs]
+                box = image[patch.ys, patch.xs]
                 if patch.fill == "solid":
                     if patch.where is None:
-                        box[:] = SOLID_FILL_LEVEL  # a scalar fill is a memset; a BGR triple is not
+                        box[:] = patch.scratch.flat[0]  # a scalar fill is a memset
                     else:
                         _into(box, cv2.copyTo(patch.scratch, patch.where, box))
                 else:
@@ -240,33 +257,44 @@ class PrivacyMasker:
 
     def mask_for(self, width: int, height: int) -> np.ndarray:
         """The masked pixels at this resolution: (height, width) bool, read-only (health)."""
-        return self._plan(height, width).mask
+        return self._plan(height, width, "luma").mask
 
     def snapshot(self) -> dict[str, object]:
         """For the heartbeat and status: are masks on, and how much of the picture they hide."""
         return {"active_count": self.active_count, "area_share": round(self.area_share, 4)}
 
-    def _plan(self, height: int, width: int) -> _Plan:
-        key = (height, width)
+    def _plan(self, height: int, width: int, layout: Layout) -> _Plan:
+        key = (height, width, layout)
         with self._cache_lock:
             plan = self._plans.pop(key, None)
             if plan is not None:
                 self._plans[key] = plan  # most recently used last
                 return plan
-        plan = self._build(height, width)
+        plan = self._build(height, width, layout)
         with self._cache_lock:
-            while len(self._plans) >= MAX_CACHED_RESOLUTIONS:
+            while len(self._plans) >= MAX_CACHED_PLANS:
                 self._plans.pop(next(iter(self._plans)))  # least recently used first
             self._plans[key] = plan
-        log.debug("privacy masks rasterised at %dx%d", width, height)
+        log.debug("privacy masks rasterised at %dx%d (%s)", width, height, layout)
         return plan
 
-    def _build(self, height: int, width: int) -> _Plan:
+    def _build(self, height: int, width: int, layout: Layout) -> _Plan:
+        """Patches for a BGR frame, an I420 luma plane, or its (half-size) chroma planes."""
         union = np.zeros((height, width), np.uint8)
         patches: list[_Patch] = []
-        block_px = pixelate_block_px(height)
+        # the picture's height sets the block size: chroma blocks cover the luma blocks
+        if layout == "chroma":
+            block_px = max(1, pixelate_block_px(height * 2) // 2)
+        else:
+            block_px = pixelate_block_px(height)
+        fill_level = {"bgr": SOLID_FILL_LEVEL, "luma": SOLID_FILL_Y, "chroma": SOLID_FILL_UV}
+        channels = (3,) if layout == "bgr" else ()
         for region in self._regions:
-            image = rasterise(region, width, height)
+            if layout == "chroma":  # every chroma sample any of whose 2x2 luma pixels is masked
+                full = rasterise(region, width * 2, height * 2)
+                image = full.reshape(height, 2, width, 2).max(axis=(1, 3))
+            else:
+                image = rasterise(region, width, height)
             union |= image
             x, y, bw, bh = cv2.boundingRect(image)
             if bw == 0 or bh == 0:
@@ -275,9 +303,9 @@ class PrivacyMasker:
             where = None if crop.all() else np.ascontiguousarray(crop)
             fill = self._cfg.fill_of(region)
             if fill == "solid":
-                scratch = np.full((bh, bw, 3), SOLID_FILL_LEVEL, np.uint8)
+                scratch = np.full((bh, bw, *channels), fill_level[layout], np.uint8)
             else:
-                scratch = np.empty((bh, bw, 3), np.uint8)
+                scratch = np.empty((bh, bw, *channels), np.uint8)
             cols, rows = max(1, math.ceil(bw / block_px)), max(1, math.ceil(bh / block_px))
             spans = tuple((r * bh // rows, (r + 1) * bh // rows) for r in range(rows))
             patches.append(

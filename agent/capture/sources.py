@@ -1,8 +1,13 @@
 """Frame sources: V4L2 cameras, IP cameras, looped files and a synthetic test pattern.
 
-A source is opened, read frame by frame (BGR numpy arrays) and closed. `read()` blocks at most
+A source is opened, read frame by frame (numpy arrays) and closed. `read()` blocks at most
 about one frame interval and returns None when no frame came; raising `SourceError` means the
 source is broken and the capture loop will reopen it with backoff.
+
+Frames are BGR (h, w, 3), except from the sources that decode video (files and IP cameras,
+agent/capture/av_source.py) when asked for `native_yuv`: those deliver the decoder's I420
+(agent/capture/frames.py), which the pipeline passes to the encoder without a BGR round trip.
+The tools (check, health, mask, provision) take BGR.
 """
 
 from __future__ import annotations
@@ -11,12 +16,12 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Protocol
 
 import cv2
 import numpy as np
 
+from agent.capture.frames import to_bgr
 from agent.core.redact import redact_url
 
 log = logging.getLogger(__name__)
@@ -120,66 +125,35 @@ def _bars(width: int, height: int) -> np.ndarray:
     return frame
 
 
-class OpenCvSource:
-    """V4L2 cameras, RTSP/HTTP IP cameras and video files through cv2.VideoCapture.
-
-    Files are looped and paced to their own frame rate (a file would otherwise be read as fast as
-    the disk allows). Cameras are asked for MJPG at the configured size and rate.
-    """
+class V4l2Source:
+    """V4L2 cameras through cv2.VideoCapture, asked for MJPG at the configured size and rate."""
 
     def __init__(self, spec: str, width: int, height: int, fps: int) -> None:
         self._spec, self._width, self._height, self._fps = spec, width, height, fps
-        self.description = redact_url(spec)  # shown in heartbeats: an IP camera's password never
+        self.description = spec
         self._cap: cv2.VideoCapture | None = None
-        self._is_file = spec.startswith("file:")
-        self._next_s = 0.0
-        self._file_interval_s = 1.0 / fps
 
     def open(self) -> None:
-        spec = self._spec
-        if spec.startswith("v4l2:"):
-            target = spec.removeprefix("v4l2:")
-            device: int | str = int(target) if target.isdigit() else target
-            cap = cv2.VideoCapture(device, cv2.CAP_V4L2)
-            cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*"MJPG"))
-            cap.set(cv2.CAP_PROP_FRAME_WIDTH, self._width)
-            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self._height)
-            cap.set(cv2.CAP_PROP_FPS, self._fps)
-            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
-        elif self._is_file:
-            path = Path(spec.removeprefix("file:"))
-            if not path.is_file():
-                raise SourceError(f"video file {path} does not exist")
-            cap = cv2.VideoCapture(str(path))
-            file_fps = cap.get(cv2.CAP_PROP_FPS)
-            self._file_interval_s = 1.0 / (file_fps if 1 <= file_fps <= 120 else self._fps)
-        else:
-            cap = cv2.VideoCapture(spec, cv2.CAP_FFMPEG)
+        target = self._spec.removeprefix("v4l2:")
+        device: int | str = int(target) if target.isdigit() else target
+        cap = cv2.VideoCapture(device, cv2.CAP_V4L2)
+        cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*"MJPG"))
+        cap.set(cv2.CAP_PROP_FRAME_WIDTH, self._width)
+        cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self._height)
+        cap.set(cv2.CAP_PROP_FPS, self._fps)
+        cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"cannot open {redact_url(spec)}")
+            raise SourceError(f"cannot open {self._spec}")
         self._cap = cap
-        self._next_s = time.monotonic()
 
     def read(self) -> np.ndarray | None:
         if self._cap is None:
             raise SourceError("source is not open")
-        if self._is_file:
-            delay_s = self._next_s - time.monotonic()
-            if delay_s > 0:
-                time.sleep(delay_s)
-            self._next_s = max(self._next_s + self._file_interval_s, time.monotonic() - 1.0)
         ok, frame = self._cap.read()
         if ok and frame is not None:
             return frame
-        if self._is_file:
-            if not Path(self._spec.removeprefix("file:")).is_file():
-                raise SourceError("video file disappeared")
-            self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)  # loop
-            ok, frame = self._cap.read()
-            if ok and frame is not None:
-                return frame
-        raise SourceError(f"{redact_url(self._spec)} stopped delivering frames")
+        raise SourceError(f"{self._spec} stopped delivering frames")
 
     def close(self) -> None:
         if self._cap is not None:
@@ -187,11 +161,37 @@ class OpenCvSource:
             self._cap = None
 
 
-def open_source(spec: str, width: int, height: int, fps: int) -> FrameSource:
-    """The source for a config `source` string (not yet opened)."""
+class _BgrFrames:
+    """A source's I420 frames as BGR, for the tools."""
+
+    def __init__(self, inner: FrameSource) -> None:
+        self._inner = inner
+        self.description = inner.description
+
+    def open(self) -> None:
+        self._inner.open()
+
+    def read(self) -> np.ndarray | None:
+        frame = self._inner.read()
+        return None if frame is None else to_bgr(frame)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def open_source(
+    spec: str, width: int, height: int, fps: int, native_yuv: bool = False
+) -> FrameSource:
+    """The source for a config `source` string (not yet opened). Files and IP cameras deliver
+    I420 with `native_yuv` (the pipeline), BGR without (the tools)."""
     if spec.startswith("test:"):
         return TestPatternSource(width, height, fps, noise=spec == "test:noise")
-    return OpenCvSource(spec, width, height, fps)
+    if spec.startswith("v4l2:"):
+        return V4l2Source(spec, width, height, fps)
+    from agent.capture.av_source import AvSource  # (it imports SourceError from here)
+
+    source = AvSource(spec, width, height, fps)
+    return source if native_yuv else _BgrFrames(source)
 
 
 def grab_frame(source: str, width: int, height: int, timeout_s: float = 10.0) -> np.ndarray:

@@ -65,9 +65,14 @@ class VideoEncoder:
         # libx264 with tune=zerolatency returns each frame's packet at once; hardware encoders
         # (QSV async depth, NVENC surfaces, V4L2 M2M buffers) hold a few frames back
         self.has_latency = codec_name != "libx264"
+        # ...and may read a frame's memory after encode() returned (libx264 has copied it)
+        self.keeps_frames = self.has_latency
 
     def encode(self, i420: np.ndarray, pts: int, keyframe: bool) -> list[av.Packet]:
-        frame = av.VideoFrame.from_ndarray(i420, format="yuv420p")
+        """Encode an I420 frame (agent/capture/frames.py). The frame wraps the array without a
+        copy; libx264 copies the picture into its own buffers before this returns, so the
+        array may change afterwards. Other encoders may keep it (`keeps_frames`)."""
+        frame = av.VideoFrame.from_numpy_buffer(i420, format="yuv420p")
         frame.pts = pts
         frame.time_base = TIME_BASE
         if keyframe:

@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 
 import av
 import cv2
@@ -30,6 +29,7 @@ import numpy as np
 
 from agent.adapt.ladder import Rung
 from agent.capture.capture import Capture, CapturedFrame
+from agent.capture.frames import frame_size, luma, resize_i420, to_i420
 from agent.core.clock import StepDetector, utc_iso
 from agent.core.events import Event, EventSink
 from agent.encode.config import EncodeConfig
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 LOAD_EWMA_ALPHA = 0.05  # ~20 frames of memory for the encode-load figure
 RESTART_PAUSE_S = 1.0  # after an encoder failure, before opening a new one
-FrameObserver = Callable[[float, np.ndarray], None]
+FrameObserver = Callable[[float, np.ndarray], None]  # (capture time, the grey picture)
 # capture times kept for packets still inside the encoder (hardware encoders hold a few frames)
 GLASS_TIMES_KEPT = 64
 OBSERVER_ERROR_LOG_EVERY = 1000  # a failing packet observer is logged once, then every Nth time
@@ -95,6 +95,7 @@ class EncodeLoop:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._placeholders: dict[tuple[int, int], np.ndarray] = {}
+        self._encoder_keeps_frames = False
         self._last_observed_index = -1
         self.encoder_name = ""
         self.frames_out = 0
@@ -169,6 +170,7 @@ class EncodeLoop:
         if encoder.name != self.encoder_name:
             log.info("encoding with %s", encoder.name)
             self.encoder_name = encoder.name
+        self._encoder_keeps_frames = encoder.keeps_frames
         return encoder
 
     def _encode_until_stopped(self) -> None:
@@ -215,6 +217,7 @@ class EncodeLoop:
             started_s = self._clock()
             i420 = self._prepare(self._capture.latest(), rung, started_s, pts)
             self._emit(encoder.encode(i420, pts, keyframe), encoder)
+            self._overlay.undo()  # the captured frame as it came, for whoever reads it next
             self.frames_out += 1
             done_s = self._clock()
             cost = (done_s - started_s) * rung.fps
@@ -290,36 +293,43 @@ class EncodeLoop:
     def _prepare(
         self, frame: CapturedFrame | None, rung: Rung, now_s: float, pts: int
     ) -> np.ndarray:
-        """Newest frame -> rung size -> I420 with the overlay burnt in. With packet observers,
-        notes when the picture of frame `pts` was captured."""
+        """Newest frame (I420) -> rung size -> the overlay burnt in. At the capture size the
+        overlay goes into the captured frame itself (no copy; `Overlay.undo()` after encoding),
+        unless the encoder keeps frames past encode(). With packet observers, notes when the
+        picture of frame `pts` was captured."""
         w, h = rung.width, rung.height
         stale = frame is None or now_s - frame.captured_s > self._stale_after_s
         if self._packet_observers:
             self._glass_s[pts] = now_s if frame is None or stale else frame.captured_s
             if len(self._glass_s) > GLASS_TIMES_KEPT:
                 del self._glass_s[next(iter(self._glass_s))]
+        borrowed = False  # drawing into the captured frame itself
         if frame is None or stale:
             image = self._placeholder(w, h)
         else:
             if frame.index != self._last_observed_index:
                 self._last_observed_index = frame.index
                 for observe in self._observers:
-                    observe(frame.captured_s, frame.image)
+                    observe(frame.captured_s, luma(frame.image))
             image = frame.image
-            if image.shape[1] != w or image.shape[0] != h:
-                image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
-        i420 = cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420)
-        self._overlay.draw(i420, w, h, datetime.now().astimezone())
-        return i420
+            if frame_size(image) != (w, h):
+                image = resize_i420(image, w, h)
+            elif self._encoder_keeps_frames:
+                image = image.copy()
+            else:
+                borrowed = True
+        self._overlay.stamp(image, self._wall_clock(), keep_original=borrowed)
+        return image
 
     def _placeholder(self, width: int, height: int) -> np.ndarray:
         card = self._placeholders.get((width, height))
         if card is None:
-            card = np.full((height, width, 3), 48, np.uint8)
+            bgr = np.full((height, width, 3), 48, np.uint8)
             scale = max(0.5, height / 360)
             cv2.putText(
-                card, "NO CAMERA SIGNAL", (width // 8, height // 2), cv2.FONT_HERSHEY_SIMPLEX,
+                bgr, "NO CAMERA SIGNAL", (width // 8, height // 2), cv2.FONT_HERSHEY_SIMPLEX,
                 scale, (255, 255, 255), max(1, round(scale * 2)), cv2.LINE_AA,
             )  # fmt: skip
+            card = to_i420(bgr)
             self._placeholders = {(width, height): card}
         return card

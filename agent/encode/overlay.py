@@ -4,6 +4,10 @@ Drawn on the luma plane of the I420 frame the encoder receives, as a pre-rendere
 text on a black box, chroma set to neutral): one slice copy per frame, the text is rendered only
 when the second changes. Font size scales with the frame height so the text stays legible from
 240p (about 14 px tall) to 1080p.
+
+The encode loop draws straight into the captured frame, which others (snapshots, the reference
+picture) may still read: `stamp(..., keep_original=True)` keeps the few kB under the patch and
+`undo()` puts them back once the encoder has taken its copy.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from datetime import datetime
 
 import cv2
 import numpy as np
+
+from agent.capture.frames import frame_size, planes
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 # Hershey simplex glyphs are ~22 px tall at scale 1.0; 0.045 of the frame height keeps a line at
@@ -22,35 +28,59 @@ Y_BLACK, Y_WHITE, UV_NEUTRAL = 16, 235, 128  # BT.601 limited range
 
 
 class Overlay:
-    """`draw(i420, width, height, now)` stamps '<station>  YYYY-MM-DD HH:MM:SS' top-left."""
+    """Stamps '<station>  YYYY-MM-DD HH:MM:SS' (local time) top-left of an I420 frame."""
 
     def __init__(self, station_id: str) -> None:
         self._station_id = station_id
-        self._key: tuple[str, int, int] | None = None
+        self._key: tuple[str, int, int] | None = None  # (text, width, height) of the patch
+        self._second: int | None = None
+        self._text = ""
         self._patch: np.ndarray | None = None
+        self._saved: list[tuple[np.ndarray, np.ndarray]] = []  # (box view, its original pixels)
 
     def text(self, now: datetime) -> str:
         return f"{self._station_id}  {now:%Y-%m-%d %H:%M:%S}"
 
     def draw(self, i420: np.ndarray, width: int, height: int, now: datetime) -> None:
-        text = self.text(now)
+        self._stamp(i420, width, height, self.text(now), keep_original=False)
+
+    def stamp(self, i420: np.ndarray, wall_s: float, keep_original: bool = False) -> None:
+        """Stamp the frame in place at wall clock `wall_s` (the text is made once a second);
+        with `keep_original`, `undo()` restores what the stamp covered."""
+        second = int(wall_s)
+        if second != self._second:
+            self._second, self._text = second, self.text(datetime.fromtimestamp(second))
+        width, height = frame_size(i420)
+        self._stamp(i420, width, height, self._text, keep_original)
+
+    def undo(self) -> None:
+        """Put back what the last `stamp(keep_original=True)` covered (else nothing)."""
+        for box, original in self._saved:
+            box[...] = original
+        self._saved = []
+
+    def _stamp(
+        self, i420: np.ndarray, width: int, height: int, text: str, keep_original: bool
+    ) -> None:
         key = (text, width, height)
         if key != self._key or self._patch is None:
             self._patch = render_patch(text, width, height)
             self._key = key
         patch = self._patch
         ph, pw = patch.shape
-        margin = _margin(height)
-        y0, x0 = margin, margin
-        i420[y0 : y0 + ph, x0 : x0 + pw] = patch
-        # chroma planes of I420: U then V, each (height/2 x width/2), packed after the luma
-        # plane; sliced by element count, since height/4 rows is not whole when height % 4
-        flat = i420.reshape(-1)
-        luma, chroma = width * height, (width // 2) * (height // 2)
-        u = flat[luma : luma + chroma].reshape(height // 2, width // 2)
-        v = flat[luma + chroma : luma + 2 * chroma].reshape(height // 2, width // 2)
-        u[y0 // 2 : (y0 + ph) // 2, x0 // 2 : (x0 + pw) // 2] = UV_NEUTRAL
-        v[y0 // 2 : (y0 + ph) // 2, x0 // 2 : (x0 + pw) // 2] = UV_NEUTRAL
+        y0 = x0 = _margin(height)
+        y, u, v = planes(i420)
+        boxes = (
+            y[y0 : y0 + ph, x0 : x0 + pw],
+            u[y0 // 2 : (y0 + ph) // 2, x0 // 2 : (x0 + pw) // 2],
+            v[y0 // 2 : (y0 + ph) // 2, x0 // 2 : (x0 + pw) // 2],
+        )
+        self.undo()  # (a frame never keeps two stamps' originals)
+        if keep_original:
+            self._saved = [(box, box.copy()) for box in boxes]
+        boxes[0][...] = patch
+        boxes[1][...] = UV_NEUTRAL
+        boxes[2][...] = UV_NEUTRAL
 
 
 def _margin(height: int) -> int:

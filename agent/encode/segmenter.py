@@ -36,7 +36,7 @@ class SegmentWriter:
     def __init__(self) -> None:
         self._buffer: io.BytesIO | None = None
         self._container: av.container.OutputContainer | None = None
-        self._stream: av.VideoStream | None = None
+        self._stream: av.stream.Stream | None = None
         self._meta: tuple[str, int, Rung, str, bool] | None = None
         self._frames = 0
 
@@ -49,9 +49,11 @@ class SegmentWriter:
     ) -> None:
         self._buffer = io.BytesIO()
         container = av.open(self._buffer, "w", format="mpegts")
-        stream = container.add_stream("h264", rate=rung.fps)
-        stream.width, stream.height, stream.pix_fmt = rung.width, rung.height, "yuv420p"
-        stream.time_base = TIME_BASE
+        # a stream for packets already encoded: no codec context, so no idle second libx264
+        # opened per segment (add_stream did: ~2.8 ms, 4 threads and ~6 MB at each boundary)
+        stream = container.add_mux_stream(
+            "h264", rate=rung.fps, width=rung.width, height=rung.height, time_base=TIME_BASE
+        )
         self._container, self._stream = container, stream
         self._meta = (started_utc, start_pts, rung, encoder, discontinuity)
         self._frames = 0

@@ -112,8 +112,8 @@ class Pipeline:
             capture_cfg,
             events,
             source_factory=lambda: open_source(
-                capture_cfg.source, capture_cfg.width, capture_cfg.height, capture_cfg.fps
-            ),
+                capture_cfg.source, capture_cfg.width, capture_cfg.height, capture_cfg.fps, True
+            ),  # native_yuv: files and IP cameras deliver I420
             frame_hook=self.masker.apply if self.masker.active_count else None,
         )
         self.encode = EncodeLoop(

@@ -13,6 +13,7 @@ from typing import Any
 import cv2
 
 from agent.adapt.ladder import parse_label
+from agent.capture.frames import to_bgr
 from agent.health.camera import write_reference
 from agent.service.pipeline import Pipeline
 from agent.telemetry import CommandError, CommandHandler
@@ -34,7 +35,7 @@ def command_handlers(pipeline: Pipeline) -> dict[str, CommandHandler]:
         frame = pipeline.capture.latest()  # already privacy-masked
         if frame is None:
             raise CommandError("no camera frame yet")
-        image = frame.image
+        image = to_bgr(frame.image)
         if image.shape[1] > SNAPSHOT_MAX_WIDTH:
             scale = SNAPSHOT_MAX_WIDTH / image.shape[1]
             image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
@@ -71,12 +72,13 @@ def command_handlers(pipeline: Pipeline) -> dict[str, CommandHandler]:
         frame = pipeline.capture.latest()
         if frame is None:
             raise CommandError("no camera frame yet")
-        pipeline.health.set_reference(frame.image)
+        picture = to_bgr(frame.image)
+        pipeline.health.set_reference(picture)
         path = pipeline.cfg.health.reference_image
         if path is None:
             return {"reference": "in memory only (no health.reference_image configured)"}
         try:
-            write_reference(path, frame.image)
+            write_reference(path, picture)
         except OSError as exc:
             raise CommandError(f"reference taken but not saved: {exc}") from None
         return {"reference": str(path)}
