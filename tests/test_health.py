@@ -373,7 +373,7 @@ def dark_stretch_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_cli_finds_the_dark_stretch_json(
     dark_stretch_video: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _cli(["health", str(dark_stretch_video), "--json"]) == 0
+    assert _cli(["health", str(dark_stretch_video), "--json"]) == 1  # a finding: exit 1
     report = json.loads(capsys.readouterr().out)
     assert report["frames"] == 240
     assert [c["condition"] for c in report["conditions"]] == ["dark"]
@@ -390,7 +390,7 @@ def test_cli_table_and_config_thresholds(
     config.write_text("[health.dark]\nraise_after_s = 8\n")  # longer than the 6 s dark stretch
     assert _cli(["health", str(dark_stretch_video), "--config", str(config)]) == 0
     assert "no problem found" in capsys.readouterr().out
-    assert _cli(["health", str(dark_stretch_video)]) == 0
+    assert _cli(["health", str(dark_stretch_video)]) == 1
     out = capsys.readouterr().out
     assert "dark" in out and "picture dark" in out
 
@@ -419,7 +419,7 @@ def test_cli_reference_image_is_used(
 ) -> None:
     ref = tmp_path / "ref.png"
     cv2.imwrite(str(ref), SceneVideo("coffee", 320, 240, seed=9).frame(0.0))
-    assert _cli(["health", str(dark_stretch_video), "--reference", str(ref), "--json"]) == 0
+    assert _cli(["health", str(dark_stretch_video), "--reference", str(ref), "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["reference"] == "configured"
     assert [c["condition"] for c in report["conditions"]] == ["dark"]
@@ -429,7 +429,7 @@ def test_real_entry_point(dark_stretch_video: Path, tmp_path: Path) -> None:
     """`station-agent health` through the agent's own CLI, as a technician runs it."""
     cmd = [sys.executable, "-m", "agent", "health", str(dark_stretch_video), "--json"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr  # it found the dark stretch
     assert [c["condition"] for c in json.loads(done.stdout)["conditions"]] == ["dark"]
     missing = [sys.executable, "-m", "agent", "health", str(tmp_path / "nope.mp4")]
     done = subprocess.run(missing, capture_output=True, text=True, timeout=60, check=False)

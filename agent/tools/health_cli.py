@@ -1,9 +1,13 @@
 """`station-agent health FILE|SOURCE`: run the camera-health analysis over a recording or a live
 camera and print every condition found with its time range.
 
-A file is analysed as fast as it decodes, on its own timestamps; a live source (v4l2:, rtsp://,
-http(s)://, test:) is watched for `--duration-s` seconds. `--take-reference IMG` stores one frame
-of the source as the reference picture (to keep next to the config) instead.
+A file is analysed as fast as it decodes, on its own timestamps; a live source
+(v4l2:, rtsp://, http(s)://, test:) is watched for --duration-s seconds.
+--take-reference IMG stores one frame of the source as the reference picture (to
+keep next to the config) instead.
+
+Exit code: 0 no problem found, 1 a condition was found, 2 bad input (the camera
+cannot be opened, no such file...).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from agent.core.redact import redact_url
 from agent.health.camera import CameraHealth, read_reference, write_reference
 from agent.health.config import HealthConfig
 from agent.service.config import load_toml
+from agent.tools.terminal import Waiting, camera_hints, wrap
 
 LIVE_SCHEMES = ("v4l2:", "rtsp://", "rtsps://", "http://", "https://", "test:")
 DEFAULT_SIZE = (1280, 720, 30)  # live sources without a [capture] section: the agent's default
@@ -35,7 +40,11 @@ MAX_FILE_FPS = 120.0  # container frame rates outside 1..120 are bogus (0, 90000
 
 
 class UsageError(Exception):
-    """Bad input the user can fix; the message is one line."""
+    """Bad input the user can fix; the message is one line, `hints` the next steps."""
+
+    def __init__(self, message: str, hints: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.hints = hints or []
 
 
 @dataclass
@@ -107,9 +116,11 @@ def run(args: argparse.Namespace) -> int:
             report = _analyse_file(Path(args.source.removeprefix("file:")), cfg, reference)
     except UsageError as exc:
         print(f"station-agent health: {exc}", file=sys.stderr)
+        for hint in exc.hints:
+            print(wrap(hint, indent=2, first_indent=2), file=sys.stderr)
         return 2
     print(json.dumps(report, indent=2) if args.json else _table(report))
-    return 0
+    return 1 if report["conditions"] else 0
 
 
 def _load_toml(path: Path | None) -> dict[str, Any]:
@@ -159,10 +170,14 @@ def _take_reference(source: str, out: Path, table: dict[str, Any], config: Path 
     width, height, _fps = _capture_size(table)
     spec = source if source.startswith(LIVE_SCHEMES + ("file:",)) else f"file:{source}"
     try:
-        frame = np.ascontiguousarray(grab_frame(spec, width, height)).copy()
-        masker.apply(frame)
+        with Waiting(f"taking a picture from {redact_url(spec)}"):
+            frame = np.ascontiguousarray(grab_frame(spec, width, height)).copy()
+    except SourceError as exc:
+        raise UsageError(str(exc), camera_hints(spec)) from exc
+    masker.apply(frame)
+    try:
         write_reference(out, frame)
-    except (SourceError, OSError) as exc:
+    except OSError as exc:
         raise UsageError(str(exc)) from exc
     masks = f"{masker.active_count} privacy mask(s) applied" if masker.active_count else "no mask"
     print(f"reference picture saved to {out} ({frame.shape[1]}x{frame.shape[0]}, {masks})")
@@ -188,16 +203,17 @@ def _analyse_file(path: Path, cfg: HealthConfig, reference: np.ndarray | None) -
         timeline = Timeline()
         health = CameraHealth(cfg, timeline, reference, expected_fps=fps)
         frames, now_s = 0, 0.0
-        while True:
-            ok, frame = cap.read()
-            if not ok or frame is None:
-                break
-            pos_s = float(cap.get(cv2.CAP_PROP_POS_MSEC)) / 1000.0
-            by_index_s = frames / fps if fps else now_s + 1.0 / 30
-            now_s = pos_s if frames == 0 or pos_s > now_s else by_index_s
-            timeline.now_s = now_s
-            health.observe(now_s, frame)
-            frames += 1
+        with Waiting(f"analysing {path.name}"):
+            while True:
+                ok, frame = cap.read()
+                if not ok or frame is None:
+                    break
+                pos_s = float(cap.get(cv2.CAP_PROP_POS_MSEC)) / 1000.0
+                by_index_s = frames / fps if fps else now_s + 1.0 / 30
+                now_s = pos_s if frames == 0 or pos_s > now_s else by_index_s
+                timeline.now_s = now_s
+                health.observe(now_s, frame)
+                frames += 1
     finally:
         cap.release()
     if frames == 0:
@@ -214,24 +230,28 @@ def _watch_live(
 ) -> dict[str, Any]:
     width, height, fps = _capture_size(table)
     source = open_source(spec, width, height, fps)
+    shown = redact_url(spec)
     try:
-        source.open()
+        with Waiting(f"opening {shown}"):
+            source.open()
     except SourceError as exc:
-        raise UsageError(str(exc)) from exc
+        raise UsageError(str(exc), camera_hints(spec)) from exc
     timeline = Timeline()
     health = CameraHealth(cfg, timeline, reference, expected_fps=float(fps))
     start_s = time.monotonic()
     frames, now_s = 0, 0.0
+    watching = Waiting(f"watching {shown} for {duration_s:g} s", after_s=0.0)
     try:
-        while now_s < duration_s:
-            frame = source.read()
-            now_s = time.monotonic() - start_s
-            timeline.now_s = now_s
-            if frame is None:
-                health.poll(now_s)
-                continue
-            health.observe(now_s, frame)
-            frames += 1
+        with watching:
+            while now_s < duration_s:
+                frame = source.read()
+                now_s = time.monotonic() - start_s
+                timeline.now_s = now_s
+                if frame is None:
+                    health.poll(now_s)
+                    continue
+                health.observe(now_s, frame)
+                frames += 1
     except SourceError as exc:
         health.note_source_state(now_s, delivering=False)
         print(f"station-agent health: {exc}; reporting what was seen", file=sys.stderr)
@@ -257,17 +277,16 @@ def _report(
 
 
 def _table(report: dict[str, Any]) -> str:
-    lines = [f"{report['source']}: {report['frames']} frames, {report['duration_s']:.1f} s"]
+    """The report for people, 80 columns wide: one row per condition, its message below."""
+    lines = [wrap(f"{report['source']}: {report['frames']} frames, {report['duration_s']:.1f} s")]
     if not report["conditions"]:
         lines.append("no problem found")
         return "\n".join(lines)
-    lines.append(f"{'condition':<11} {'from':>8} {'to':>8}  {'value':>7} {'limit':>7}  what")
+    lines.append(f"{'condition':<11} {'from':>8} {'to':>8}  {'value':>7} {'limit':>7}")
     for c in report["conditions"]:
         end = "end" if c["end_s"] is None else f"{c['end_s']:.1f}s"
         value = "-" if c["value"] is None else f"{c['value']:.3f}"
         limit = "-" if c["threshold"] is None else f"{c['threshold']:.3f}"
-        lines.append(
-            f"{c['condition']:<11} {c['start_s']:>7.1f}s {end:>8}  {value:>7} {limit:>7}  "
-            f"{c['message']}"
-        )
+        lines.append(f"{c['condition']:<11} {c['start_s']:>7.1f}s {end:>8}  {value:>7} {limit:>7}")
+        lines.append(wrap(c["message"], indent=12, first_indent=12))
     return "\n".join(lines)
