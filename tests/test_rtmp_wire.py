@@ -175,6 +175,19 @@ def test_a_packet_crosses_the_pipe_whole() -> None:
     assert pipe.decode_packet(data[pipe.FRAME_HEAD.size :]) == packet
 
 
+def test_frames_are_taken_whole_whatever_the_reads() -> None:
+    packet = EncodedPacket(bytes(5000), 0, 0, True, RUNG, b"", 1.0)
+    stream = pipe.frame(pipe.WAKE) + pipe.encode_packet(packet) + pipe.frame(pipe.QUIT)
+    buffer, got = bytearray(), []
+    for start in range(0, len(stream), 777):
+        buffer += stream[start : start + 777]
+        got += pipe.take_frames(buffer)
+    assert [kind for kind, _ in got] == [pipe.WAKE, pipe.PACKET, pipe.QUIT] and not buffer
+    assert pipe.decode_packet(got[1][1]) == packet
+    with pytest.raises(ValueError, match="not from the agent"):
+        pipe.take_frames(bytearray(pipe.FRAME_HEAD.pack(pipe.PACKET, 1 << 30)))
+
+
 def test_targets_take_the_app_from_the_url_and_the_default_ports() -> None:
     plain = RtmpTarget.parse("rtmp://h/live")
     assert plain == RtmpTarget("rtmp://h/live", "h", 1935, False, "live")

@@ -222,11 +222,9 @@ class RtmpOutput:
         self._proc = proc
         if proc.stdin is None or proc.stdout is None:
             raise OSError("the publisher process has no pipes")
-        with self._cond:
+        with self._cond:  # (the new publisher starts each stream at a keyframe by itself)
             self._control.clear()
             self._control.append(self._settings().encode())
-            self._queue.restart()  # the new publisher starts at a keyframe
-            self._queue.take_drops()
         feeder = threading.Thread(
             target=self._feed, args=(proc.stdin,), name=f"uplink-{self.name}-feed", daemon=True
         )

@@ -5,11 +5,13 @@ encoded packets to its stdin and reads its reports from stdout (agent/uplink/rtm
 Whatever the server does (never answers, stalls, refuses), only this process waits: the
 recording never does.
 
-Here, on one asyncio loop: a reader task takes packets off stdin at once into a `LiveQueue`
-(so the pipe never fills while the server is slow), the publish loop connects (jittered backoff
-between attempts), starts at the newest fresh keyframe and sends packets in order, restarts the
-stream at a keyframe whose picture differs (a rung change), and a ticker reports figures every
-second (also the agent's sign that this process is alive).
+One asyncio loop. Stdin is read the moment it is readable, its packets go into a `LiveQueue`
+(so the pipe never fills while the server is slow) and, while the connection takes data
+without waiting, straight on to the server (`_pump`: no task switch per frame, the hot path of
+the CPU budget). The publish loop connects (jittered backoff between attempts), starts each
+publish at the newest fresh keyframe, waits for the connection when its buffer is full (a stall
+ends it), restarts the stream at a keyframe whose picture differs (a rung change), and a ticker
+reports figures every second (also the agent's sign that this process is alive).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import sys
 import time
@@ -36,6 +39,7 @@ log = logging.getLogger("agent.uplink.rtmp_child")
 RECONNECT_BASE_S = 1.0  # first retry within a second: most outages are blips
 STATS_INTERVAL_S = 1.0  # the agent declares this process hung after RtmpOutput's silence limit
 PTS_PER_MS = 90
+READ_BYTES = 1 << 20
 
 
 class StreamClock:
@@ -63,6 +67,36 @@ def picture(packet: EncodedPacket) -> tuple[int, int, int]:
     return packet.rung.width, packet.rung.height, packet.rung.fps
 
 
+class Stream:
+    """One publish: what the server was told so far, and whether the stream can go on."""
+
+    def __init__(self, publisher: RtmpPublisher) -> None:
+        self.publisher = publisher
+        self.clock = StreamClock()
+        self.shown: tuple[int, int, int] | None = None  # the picture announced
+        self.parameter_sets: tuple[bytes, bytes] | None = None
+        self.restart: str | None = None  # why it must start over at the queue's head
+        self.error: str | None = None
+        self.waiting = False  # the connection's buffer is full: wait before writing more
+
+    def send(
+        self, packet: EncodedPacket, units: list[bytes], sets: tuple[bytes, bytes] | None
+    ) -> None:
+        """Write one packet (after the metadata and sequence header it needs)."""
+        publisher = self.publisher
+        timestamp_ms = self.clock.ms(packet.dts, packet.rung.fps)
+        if self.shown is None:
+            rung = packet.rung
+            publisher.write_metadata(rung.width, rung.height, rung.fps, rung.bitrate_bps)
+            self.shown = picture(packet)
+        if sets is not None and sets != self.parameter_sets:
+            self.parameter_sets = sets
+            publisher.write_video(timestamp_ms, wire.avc_sequence_header(*sets))
+        composition_ms = max(0, (packet.pts - packet.dts) // PTS_PER_MS)
+        body = wire.avc_frame(units, packet.keyframe, composition_ms)
+        self.waiting = publisher.write_video(timestamp_ms, body)
+
+
 class RtmpChild:
     def __init__(
         self,
@@ -76,12 +110,12 @@ class RtmpChild:
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self.queue = LiveQueue(settings.max_lag_s)
-        self._arrived = asyncio.Event()
-        self._wake = asyncio.Event()
+        self._inbox = bytearray()
+        self._changed = asyncio.Event()  # for the publish loop: look at the state again
+        self._wake = asyncio.Event()  # cuts a backoff short
         self._stopping = False
         self._new_settings = False
-        self._connected = False
-        self._publisher: RtmpPublisher | None = None
+        self._stream: Stream | None = None
         self._drops = Drops()
         self._frames_sent = 0
         self._sent_before = 0  # bytes sent on earlier connections
@@ -89,40 +123,73 @@ class RtmpChild:
 
     # -- the agent's side ---------------------------------------------------------------------
 
-    async def read_commands(self, reader: asyncio.StreamReader) -> None:
-        """Packets into the queue as they arrive; settings, wake and quit."""
-        try:
-            while True:
-                head = await reader.readexactly(pipe.FRAME_HEAD.size)
-                kind, length = pipe.FRAME_HEAD.unpack(head)
-                if length > pipe.MAX_FRAME_BYTES:
-                    raise ValueError(f"a {length}-byte frame from the agent")
-                body = await reader.readexactly(length)
-                if kind == pipe.PACKET:
-                    self._take(pipe.decode_packet(body))
-                elif kind == pipe.SETTINGS:
-                    self.settings = pipe.PublisherSettings.decode(body)
-                    self._new_settings = True
-                    self._wake.set()
-                elif kind == pipe.WAKE:
-                    self._wake.set()
-                elif kind == pipe.QUIT:
-                    break
-        except asyncio.IncompleteReadError:
-            pass  # the agent closed our stdin (or died): end as if told to quit
+    def on_input(self, data: bytes) -> None:
+        """Bytes from stdin (b"" at its end): packets into the queue and on to the server."""
+        if not data:
+            self.quit()
+            return
+        self._inbox += data
+        for kind, body in pipe.take_frames(self._inbox):
+            if kind == pipe.PACKET:
+                self.queue.push(pipe.decode_packet(body), self._clock())
+            elif kind == pipe.SETTINGS:
+                self.settings = pipe.PublisherSettings.decode(body)
+                self._new_settings = True
+                self._wake.set()
+                self._changed.set()
+            elif kind == pipe.WAKE:
+                self._wake.set()
+            elif kind == pipe.QUIT:
+                self.quit()
+        self._pump()
+
+    def quit(self) -> None:
         self._stopping = True
         self._wake.set()
-        self._arrived.set()
-
-    def _take(self, packet: EncodedPacket) -> None:
-        self.queue.push(packet, self._clock())
-        self._note_drops()
-        self._arrived.set()
+        self._changed.set()
 
     def _note_drops(self) -> None:
         drops = self.queue.take_drops()
-        if self._connected:
-            self._drops += drops  # while offline nothing is sent anyway: not a drop
+        stream = self._stream
+        if stream is not None and stream.shown is not None:
+            # a drop is a frame the stream would have carried: not one before its first
+            # keyframe, nor while offline
+            self._drops += drops
+
+    def _pump(self) -> None:
+        """Send what the queue holds while the stream may go on and the connection takes it
+        without waiting; anything else is the publish loop's (it is woken)."""
+        stream = self._stream
+        while stream is not None and not (stream.waiting or stream.restart or stream.error):
+            if self._new_settings or self._stopping:
+                break
+            now_s = self._clock()
+            packet = self.queue.peek(now_s)
+            if packet is None:
+                break
+            units = wire.split_annexb(packet.data)
+            sets = None
+            if packet.keyframe:
+                if stream.shown is not None and picture(packet) != stream.shown:
+                    stream.restart = "the picture changed ({}x{} {} fps)".format(*picture(packet))
+                    break
+                sets = wire.parameter_sets(units) or wire.parameter_sets(
+                    wire.split_annexb(packet.extradata)
+                )
+            self.queue.pop(now_s)  # the packet peeked at: same time, same head
+            if stream.shown is None and sets is None:
+                log.warning("a keyframe without SPS/PPS; waiting for the next one")
+                continue  # a stream cannot start without them
+            try:
+                stream.send(packet, units, sets)
+            except RtmpError as exc:
+                stream.error = str(exc)
+                break
+            self._frames_sent += 1
+            self._lag_s = self._clock() - packet.captured_s
+        self._note_drops()
+        if stream is not None and (stream.waiting or stream.restart or stream.error):
+            self._changed.set()
 
     # -- publishing ---------------------------------------------------------------------------
 
@@ -139,19 +206,16 @@ class RtmpChild:
                 attempt += 1
                 continue
             attempt = 0
-            self._publisher, self._connected = publisher, True
             self._report("connected")
             try:
-                why = await self._stream(publisher)
+                why = await self._run_stream(publisher)
             except RtmpError as exc:
-                self._connected = False
                 self._report("disconnected", reason=self._redact(str(exc)))
                 await publisher.abort()
                 await self._pause(full_jitter_s(0, RECONNECT_BASE_S, self._cap(), self._rng))
                 attempt = 1
                 continue
             finally:
-                self._connected, self._publisher = False, None
                 self._sent_before += publisher.sent_bytes
             await publisher.close()
             if why != "stopping":
@@ -174,61 +238,33 @@ class RtmpChild:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), delay_s)
 
-    async def _stream(self, publisher: RtmpPublisher) -> str:
-        """Send until stopped, the picture changes or the settings do; returns which."""
-        self.queue.restart()
-        self._note_drops()
-        clock = StreamClock()
-        shown: tuple[int, int, int] | None = None
-        parameter_sets: tuple[bytes, bytes] | None = None
-        while True:
-            packet, now_s = await self._next()
-            if packet is None:
-                return "stopping"
-            if self._new_settings:
-                return "new settings"
-            units = wire.split_annexb(packet.data)
-            sets = None
-            if packet.keyframe:
-                if shown is not None and picture(packet) != shown:
-                    return "the picture changed ({}x{} {} fps)".format(*picture(packet))
-                sets = wire.parameter_sets(units) or wire.parameter_sets(
-                    wire.split_annexb(packet.extradata)
-                )
-            self.queue.pop(now_s)  # the packet peeked at: same time, no await since
-            if shown is None and sets is None:
-                log.warning("a keyframe without SPS/PPS; waiting for the next one")
-                continue  # a stream cannot start without them
-            timestamp_ms = clock.ms(packet.dts, packet.rung.fps)
-            if shown is None:
-                rung = packet.rung
-                await publisher.send_metadata(rung.width, rung.height, rung.fps, rung.bitrate_bps)
-                shown = picture(packet)
-            if sets is not None and sets != parameter_sets:
-                parameter_sets = sets
-                await publisher.send_video(timestamp_ms, wire.avc_sequence_header(*sets))
-            composition_ms = max(0, (packet.pts - packet.dts) // PTS_PER_MS)
-            body = wire.avc_frame(units, packet.keyframe, composition_ms)
-            await publisher.send_video(timestamp_ms, body)
-            self._frames_sent += 1
-            self._lag_s = self._clock() - packet.captured_s
-
-    async def _next(self) -> tuple[EncodedPacket | None, float]:
-        """The packet at the head of the queue (still in it) once there is one, and the time
-        it was looked at; (None, ...) when stopping."""
-        while not self._stopping:
-            now_s = self._clock()
-            packet = self.queue.peek(now_s)
-            self._note_drops()
-            if packet is not None:
-                return packet, now_s
-            self._arrived.clear()
-            publisher = self._publisher
-            if publisher is not None and publisher.failure is not None:
-                raise RtmpError(publisher.failure)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), STATS_INTERVAL_S)
-        return None, self._clock()
+    async def _run_stream(self, publisher: RtmpPublisher) -> str:
+        """Publish until stopped, the picture changes or the settings do (returns which);
+        RtmpError when the connection fails or stalls."""
+        self.queue.restart()  # start at the newest fresh keyframe
+        self.queue.take_drops()
+        stream = self._stream = Stream(publisher)
+        publisher.on_failure = self._changed.set
+        try:
+            self._pump()
+            while True:
+                if self._stopping:
+                    return "stopping"
+                if publisher.failure is not None or stream.error is not None:
+                    raise RtmpError(publisher.failure or stream.error or "connection lost")
+                if self._new_settings:
+                    return "new settings"
+                if stream.restart is not None:
+                    return stream.restart
+                if stream.waiting:
+                    await publisher.drained()
+                    stream.waiting = False
+                    self._pump()
+                    continue
+                self._changed.clear()
+                await self._changed.wait()
+        finally:
+            self._stream = None
 
     # -- reports ------------------------------------------------------------------------------
 
@@ -237,10 +273,11 @@ class RtmpChild:
             await asyncio.sleep(STATS_INTERVAL_S)
             self._note_drops()
             drops, self._drops = self._drops, Drops()
-            publisher = self._publisher
+            stream = self._stream
+            sent_now = stream.publisher.sent_bytes if stream is not None else 0
             self._report(
                 "stats",
-                sent_bytes=self._sent_before + (publisher.sent_bytes if publisher else 0),
+                sent_bytes=self._sent_before + sent_now,
                 frames_sent=self._frames_sent,
                 lag_s=None if self._lag_s is None else round(self._lag_s, 3),
                 dropped_frames=drops.frames,
@@ -254,47 +291,65 @@ class RtmpChild:
         return [self.settings.key, *url_secrets(self.settings.url)]
 
 
-async def run(stdin: BinaryIO, stdout: BinaryIO) -> int:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=pipe.MAX_FRAME_BYTES)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stdin)
-    head = await reader.readexactly(pipe.FRAME_HEAD.size)
-    kind, length = pipe.FRAME_HEAD.unpack(head)
-    if kind != pipe.SETTINGS or length > pipe.MAX_FRAME_BYTES:
-        log.error("the agent did not send the settings first")
-        return 2
-    settings = pipe.PublisherSettings.decode(await reader.readexactly(length))
-    sent_bytes = [0]
+def read_settings(fd: int) -> pipe.PublisherSettings:
+    """The first frame on stdin, read before the loop starts: the settings."""
+    data = bytearray()
+    while True:
+        frames = pipe.take_frames(data)
+        if frames:
+            kind, body = frames[0]
+            if kind != pipe.SETTINGS:
+                raise ValueError("the agent did not send the settings first")
+            return pipe.PublisherSettings.decode(body)
+        chunk = os.read(fd, pipe.FRAME_HEAD.size if not data else 65536)
+        if not chunk:
+            raise EOFError("stdin closed before the settings")
+        data += chunk
 
+
+async def run(settings: pipe.PublisherSettings, stdin_fd: int, stdout: BinaryIO) -> None:
     def report(kind: str, **fields: Any) -> None:
-        line = pipe.report_line(kind, **fields)
-        stdout.write(line)
+        stdout.write(pipe.report_line(kind, **fields))
         stdout.flush()
-        sent_bytes[0] += len(line)
 
     child = RtmpChild(settings, report)
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter(child.secrets()))
-    tasks = [
-        asyncio.create_task(child.read_commands(reader)),
-        asyncio.create_task(child.tick()),
-    ]
+    loop = asyncio.get_running_loop()
+
+    def readable() -> None:
+        try:
+            data = os.read(stdin_fd, READ_BYTES)
+        except BlockingIOError:
+            return
+        if not data:
+            loop.remove_reader(stdin_fd)
+        child.on_input(data)
+
+    os.set_blocking(stdin_fd, False)
+    loop.add_reader(stdin_fd, readable)
+    ticker = asyncio.create_task(child.tick())
     try:
         await child.publish()
     finally:
-        for task in tasks:
-            task.cancel()
-    return 0
+        ticker.cancel()
+        loop.remove_reader(stdin_fd)
 
 
 def main() -> int:
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="rtmp publisher: %(levelname)s %(message)s"
     )
+    stdin_fd = sys.stdin.buffer.fileno()
     try:
-        return asyncio.run(run(sys.stdin.buffer, sys.stdout.buffer))
-    except (BrokenPipeError, KeyboardInterrupt):
+        settings = read_settings(stdin_fd)
+        asyncio.run(run(settings, stdin_fd, sys.stdout.buffer))
+    except (EOFError, BrokenPipeError, KeyboardInterrupt):
         return 0  # the agent went away
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

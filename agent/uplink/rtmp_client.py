@@ -25,7 +25,7 @@ import os
 import socket
 import ssl
 import struct
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -111,6 +111,7 @@ class RtmpPublisher:
         self._publishing = False
         self._read_task: asyncio.Task[None] | None = None
         self.sent_bytes = 0
+        self.on_failure: Callable[[], None] | None = None  # called once the connection failed
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -306,6 +307,8 @@ class RtmpPublisher:
         if self._failure is None:
             self._failure = reason
         self._failed.set()
+        if self.on_failure is not None:
+            self.on_failure()
 
     # -- publishing ---------------------------------------------------------------------------
 
@@ -314,7 +317,8 @@ class RtmpPublisher:
         """Why the connection ended, once it has (the server closed it, an error status...)."""
         return self._failure
 
-    async def send_metadata(self, width: int, height: int, fps: int, bitrate_bps: int) -> None:
+    def write_metadata(self, width: int, height: int, fps: int, bitrate_bps: int) -> bool:
+        """@setDataFrame onMetaData; see write_video for the return value."""
         body = wire.amf_encode(
             "@setDataFrame",
             "onMetaData",
@@ -324,21 +328,16 @@ class RtmpPublisher:
                 "encoder": "station-agent",
             }),
         )  # fmt: skip
-        await self._send(wire.CSID_DATA, wire.DATA_AMF0, 0, body)
+        return self._write(wire.CSID_DATA, wire.DATA_AMF0, 0, body)
 
-    async def send_video(self, timestamp_ms: int, body: bytes) -> None:
-        """One FLV video tag body; waits while the server is slow, fails after the stall
-        timeout without progress."""
-        await self._send(wire.CSID_VIDEO, wire.VIDEO, timestamp_ms, body)
+    def write_video(self, timestamp_ms: int, body: bytes) -> bool:
+        """Queue one FLV video tag body for sending, at once. True when more than
+        WRITE_BUFFER_BYTES now wait to go out: `await drained()` before writing more."""
+        return self._write(wire.CSID_VIDEO, wire.VIDEO, timestamp_ms, body)
 
-    async def _send(self, csid: int, type_id: int, timestamp_ms: int, body: bytes) -> None:
-        if self._failure is not None:
-            raise RtmpError(self._failure)
-        data = wire.encode_message(
-            csid, type_id, self._stream_id, timestamp_ms, body, wire.SEND_CHUNK_SIZE
-        )
+    async def drained(self) -> None:
+        """Until the connection took the queued bytes; RtmpError after the stall timeout."""
         try:
-            self._writer.write(data)
             await asyncio.wait_for(self._writer.drain(), self._stall_timeout_s)
         except TimeoutError:
             self._fail(f"the server took no data for {self._stall_timeout_s:g} s")
@@ -346,7 +345,29 @@ class RtmpPublisher:
         except OSError as exc:
             self._fail(f"connection lost: {_os_reason(exc)}")
             raise RtmpError(self._failure or "connection lost") from None
+
+    async def send_metadata(self, width: int, height: int, fps: int, bitrate_bps: int) -> None:
+        if self.write_metadata(width, height, fps, bitrate_bps):
+            await self.drained()
+
+    async def send_video(self, timestamp_ms: int, body: bytes) -> None:
+        """write_video, waiting for the connection when its buffer is full."""
+        if self.write_video(timestamp_ms, body):
+            await self.drained()
+
+    def _write(self, csid: int, type_id: int, timestamp_ms: int, body: bytes) -> bool:
+        if self._failure is not None:
+            raise RtmpError(self._failure)
+        data = wire.encode_message(
+            csid, type_id, self._stream_id, timestamp_ms, body, wire.SEND_CHUNK_SIZE
+        )
+        try:
+            self._writer.write(data)
+        except OSError as exc:
+            self._fail(f"connection lost: {_os_reason(exc)}")
+            raise RtmpError(self._failure or "connection lost") from None
         self.sent_bytes += len(data)
+        return self._writer.transport.get_write_buffer_size() > WRITE_BUFFER_BYTES
 
     async def close(self) -> None:
         """End the publish politely (the server closes its recording), then the connection."""

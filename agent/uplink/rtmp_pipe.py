@@ -62,6 +62,23 @@ def frame(kind: bytes, body: bytes = b"") -> bytes:
     return FRAME_HEAD.pack(kind, len(body)) + body
 
 
+def take_frames(buffer: bytearray) -> list[tuple[bytes, bytes]]:
+    """The complete frames at the start of `buffer` as (kind, body), removed from it; a
+    partial frame stays for the next read. ValueError on a frame no agent sends."""
+    frames, pos = [], 0
+    while len(buffer) - pos >= FRAME_HEAD.size:
+        kind, length = FRAME_HEAD.unpack_from(buffer, pos)
+        if length > MAX_FRAME_BYTES:
+            raise ValueError(f"a {length}-byte frame on the pipe: not from the agent")
+        end = pos + FRAME_HEAD.size + length
+        if end > len(buffer):
+            break
+        frames.append((kind, bytes(buffer[pos + FRAME_HEAD.size : end])))
+        pos = end
+    del buffer[:pos]
+    return frames
+
+
 def encode_packet(packet: EncodedPacket) -> bytes:
     rung = packet.rung
     head = PACKET_HEAD.pack(
