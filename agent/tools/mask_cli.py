@@ -1,18 +1,19 @@
 """`station-agent mask`: set the privacy masks and check them on a snapshot.
 
-    station-agent mask --config /etc/station-agent/config.toml --preview /tmp/masks.png
-    station-agent mask --config FILE --add-rect 0,0.4,0.25,1 --fill solid --write
+    station-agent mask --config /etc/station-agent/config.toml \\
+        --preview /tmp/masks.png
+    station-agent mask --config FILE --add-rect 0,0.4,0.25,1 --write
 
-Takes a snapshot (from --image, or from the configured camera), draws the masks on it as the
-stream will show them (filled, with a numbered outline) and saves the preview; with --write,
-writes the masks into the `[privacy]` section of the config file and leaves the rest of the file
-(comments too) as it was.
+Takes a snapshot (from --image, or from the configured camera), draws the masks
+on it as the stream will show them (filled, with a numbered outline) and saves
+the preview; with --write, writes the masks into the [privacy] section of the
+config file and leaves the rest of the file (comments too) as it was.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import json
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,9 @@ from agent.capture.privacy import (
 )
 from agent.core.config import ConfigError, describe_validation_error
 from agent.core.durable import rewrite_atomic
+from agent.core.redact import redact_url
 from agent.service.config import config_from_dict
+from agent.tools.terminal import Waiting, camera_hints, fail, permission_hint, wrap
 
 GRAB_TIMEOUT_S = 15.0  # a USB camera needs a few seconds to open and settle its exposure
 DEFAULT_PREVIEW = Path("mask-preview.png")
@@ -45,7 +48,9 @@ OUTLINE_BGR = ((0, 255, 255), (255, 0, 255), (0, 255, 0), (255, 255, 0), (0, 128
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "mask", help="set the privacy masks (voting booths) and preview them on a snapshot"
+        "mask",
+        help="set the privacy masks (voting booths) and preview them on a snapshot",
+        description=__doc__,
     )
     p.add_argument("--config", type=Path, required=True, help="the agent's TOML config file")
     p.add_argument("--image", type=Path, help="use this picture instead of a camera snapshot")
@@ -67,6 +72,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help=f"allow masks covering more than {MAX_COVERAGE_SHARE * 100:.0f} %% of the frame",
     )  # fmt: skip
     p.add_argument("--write", action="store_true", help="save the masks into the config file")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead")
     p.add_argument(
         "--preview", type=Path, default=DEFAULT_PREVIEW,
         help=f"where to save the preview picture (PNG or JPEG; default {DEFAULT_PREVIEW})",
@@ -75,39 +81,68 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Exit 0 done, 1 no snapshot from the camera, 2 bad input or a file that cannot be
+    read or written."""
     try:
         text = args.config.read_text(encoding="utf-8")
         privacy, capture = load_sections(args.config, text)
         privacy = edited(privacy, args)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _error(args, str(exc), [], 2)
     except OSError as exc:
-        print(f"error: {args.config}: cannot read the file: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    image = snapshot(args.image, capture)
-    if image is None:
-        return 2 if args.image else 1
+        hints = [h for h in [permission_hint("mask")] if h and isinstance(exc, PermissionError)]
+        return _error(args, f"{args.config}: cannot read the file: {exc.strerror or exc}", hints, 2)
+    try:
+        image = snapshot(args.image, capture)
+    except SnapshotError as exc:
+        return _error(args, str(exc), exc.hints, 2 if args.image else 1)
     try:
         if not cv2.imwrite(str(args.preview), render_preview(image, privacy)):
             raise cv2.error(f"cannot write {args.preview}")
     except cv2.error:
-        print(
-            f"error: cannot save the preview as {args.preview} (use .png or .jpg)", file=sys.stderr
-        )
-        return 2
-    describe(privacy, image, args.preview)
-    if not args.write:
-        if args.add_rect or args.add_polygon or args.clear or args.fill or args.confirm_large_masks:
-            print(f"not saved: add --write to save these masks into {args.config}")
-        return 0
-    try:
-        write_config(args.config, text, privacy)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"saved the [privacy] section into {args.config}")
+        message = f"cannot save the preview as {args.preview} (use .png or .jpg)"
+        return _error(args, message, [], 2)
+    report = describe(privacy, image, args.preview)
+    changed = bool(
+        args.add_rect or args.add_polygon or args.clear or args.fill or args.confirm_large_masks
+    )
+    if args.write:
+        try:
+            write_config(args.config, text, privacy)
+        except ConfigError as exc:
+            hints = [h for h in [permission_hint("mask")] if h and "denied" in str(exc)]
+            return _error(args, str(exc), hints, 1)
+        report.append(f"saved the [privacy] section into {args.config}")
+    elif changed:
+        report.append(f"not saved: add --write to save these masks into {args.config}")
+    if args.json:
+        print(json.dumps(as_json(privacy, image, args, saved=args.write), indent=2))
+    else:
+        print("\n".join(wrap(line, indent=2) for line in report))
     return 0
+
+
+def _error(args: argparse.Namespace, message: str, hints: list[str], code: int) -> int:
+    fail(message, hints)
+    if args.json:
+        print(json.dumps({"ok": False, "error": message, "hints": hints}, indent=2))
+    return code
+
+
+def as_json(
+    privacy: PrivacyConfig, image: np.ndarray, args: argparse.Namespace, saved: bool
+) -> dict[str, Any]:
+    h, w = image.shape[:2]
+    return {
+        "ok": True,
+        "config": str(args.config),
+        "snapshot": {"width": w, "height": h},
+        "fill": privacy.fill,
+        "masks": [mask_value(r) | {"fill": privacy.fill_of(r)} for r in privacy.masks],
+        "masked_share": round(coverage_share(privacy), 4),
+        "preview": str(args.preview),
+        "saved": saved,
+    }
 
 
 def load_sections(path: Path, text: str) -> tuple[PrivacyConfig, CaptureConfig]:
@@ -143,6 +178,14 @@ def edited(privacy: PrivacyConfig, args: argparse.Namespace) -> PrivacyConfig:
             raise ConfigError(f"{shape}: {what}") from None
     fill: Fill = args.fill if args.fill and not added else privacy.fill
     confirm = privacy.confirm_large_masks or args.confirm_large_masks
+    share = coverage_share(PrivacyConfig.model_construct(masks=tuple(masks)))  # (unvalidated)
+    if share > MAX_COVERAGE_SHARE and not confirm:
+        raise ConfigError(
+            f"the masks would cover {share:.1%} of the picture (more than "
+            f"{MAX_COVERAGE_SHARE:.0%}): the stream would show almost nothing. If that is "
+            "really meant, add --confirm-large-masks (it saves confirm_large_masks = true "
+            "with the masks)."
+        )
     try:
         return PrivacyConfig(masks=tuple(masks), fill=fill, confirm_large_masks=confirm)
     except ValidationError as exc:
@@ -163,23 +206,34 @@ def _points(text: str) -> list[list[float]]:
     return [_numbers(point, "--add-polygon point", 2) for point in text.split()]
 
 
-def snapshot(image_path: Path | None, capture: CaptureConfig) -> np.ndarray | None:
-    """The picture to draw on, or None after printing why there is none."""
+class SnapshotError(Exception):
+    """No picture to draw on; `hints` are the next steps."""
+
+    def __init__(self, message: str, hints: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.hints = hints or []
+
+
+def snapshot(image_path: Path | None, capture: CaptureConfig) -> np.ndarray:
+    """The picture to draw on: the file's, or one from the camera. Raises SnapshotError."""
     if image_path is not None:
         if not image_path.is_file():
-            print(f"error: {image_path}: no such file", file=sys.stderr)
-            return None
+            raise SnapshotError(f"{image_path}: no such file")
         image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
         if image is None:
-            print(f"error: {image_path}: not a picture OpenCV can read", file=sys.stderr)
+            raise SnapshotError(f"{image_path}: not a picture OpenCV can read")
         return image
     from agent.capture.sources import SourceError, grab_frame  # a camera only when asked for
 
     try:
-        return grab_frame(capture.source, capture.width, capture.height, timeout_s=GRAB_TIMEOUT_S)
+        with Waiting(f"taking a snapshot from {redact_url(capture.source)}", GRAB_TIMEOUT_S):
+            return grab_frame(
+                capture.source, capture.width, capture.height, timeout_s=GRAB_TIMEOUT_S
+            )
     except SourceError as exc:
-        print(f"error: no snapshot from the camera: {exc}", file=sys.stderr)
-        return None
+        raise SnapshotError(
+            f"no snapshot from the camera: {exc}", camera_hints(capture.source)
+        ) from None
 
 
 def render_preview(image: np.ndarray, privacy: PrivacyConfig, outlines: bool = True) -> np.ndarray:
@@ -204,16 +258,18 @@ def render_preview(image: np.ndarray, privacy: PrivacyConfig, outlines: bool = T
     return preview
 
 
-def describe(privacy: PrivacyConfig, image: np.ndarray, preview: Path) -> None:
+def describe(privacy: PrivacyConfig, image: np.ndarray, preview: Path) -> list[str]:
+    """The report's lines: the snapshot, each mask, the masked share, the preview."""
     h, w = image.shape[:2]
-    print(f"snapshot {w}x{h}, {len(privacy.masks)} mask(s):")
+    lines = [f"snapshot {w}x{h}, {len(privacy.masks)} mask(s):"]
     for k, region in enumerate(privacy.masks):
-        print(f"  {k}: {mask_item(region).as_string()}  -> {privacy.fill_of(region)}")
+        lines.append(f"  {k}: {mask_item(region).as_string()}  -> {privacy.fill_of(region)}")
     share = coverage_share(privacy)
-    print(f"masked share of the frame: {share:.1%}")
+    lines.append(f"masked share of the frame: {share:.1%}")
     if share > MAX_COVERAGE_SHARE:
-        print(f"warning: over {MAX_COVERAGE_SHARE:.0%} of the frame is masked (confirmed)")
-    print(f"preview saved to {preview}: check by eye that every voting booth is covered")
+        lines.append(f"warning: over {MAX_COVERAGE_SHARE:.0%} of the frame is masked (confirmed)")
+    lines.append(f"preview saved to {preview}: check by eye that every voting booth is covered")
+    return lines
 
 
 # -- the config file ---------------------------------------------------------------------------
