@@ -17,6 +17,7 @@ from agent.spool.store import (
     SpoolError,
     segment_file_name,
 )
+from agent.tools.terminal import wrap
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -28,6 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ls.set_defaults(func=_ls)
     verify = actions.add_parser("verify", help="check sizes, SHA-256 and the hash chain")
     verify.add_argument("--spool", type=Path, required=True, help="spool directory")
+    verify.add_argument("--json", action="store_true", help="print one JSON object instead")
     verify.set_defaults(func=_verify)
 
 
@@ -130,6 +132,7 @@ def _check_file(path: Path, record: SegmentRecord) -> list[str]:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    """Exit 0 sound, 1 a problem found, 2 the spool cannot be read."""
     spool = _open_read_only(args.spool)
     if spool is None:
         return 2
@@ -140,13 +143,27 @@ def _verify(args: argparse.Namespace) -> int:
     except (sqlite3.Error, SpoolError) as exc:
         print(f"error: cannot read the spool index: {exc}", file=sys.stderr)
         return 2
+    if args.json:
+        report = {
+            "ok": not problems,
+            "spool": str(args.spool),
+            "recording_id": spool.recording_id,
+            "segments": count,
+            "lost": lost,
+            "problems": problems,
+        }
+        print(json.dumps(report, indent=2))
+        return 1 if problems else 0
     for problem in problems:
-        print(f"FAIL {problem}")
+        print(wrap(f"FAIL {problem}", indent=5))
     if problems:
         print(f"{len(problems)} problem(s) in {count} indexed segment(s)")
         return 1
     print(
-        f"OK recording {spool.recording_id or '-'}: {count} segment(s), hash chain intact, "
-        f"{lost} reported lost"
+        wrap(
+            f"OK recording {spool.recording_id or '-'}: {count} segment(s), hash chain intact, "
+            f"{lost} reported lost",
+            indent=3,
+        )
     )
     return 0
