@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from agent import __version__
+from agent import __version__, build_id
 from agent.core import logs  # first: sets OPENCV_LOG_LEVEL before anything imports cv2
 from agent.core.config import ConfigError
 from agent.core.redact import redact_logging
@@ -30,12 +30,25 @@ log = logging.getLogger("agent")
 TOOL_MODULES = (spool_cli, health_cli, mask_cli, check_cli, provision_cli, verify_cli)
 
 
+class _VersionAction(argparse.Action):
+    """`station-agent 0.2.0 (build 0123abcd4567)`: the build (git commit) only on request, as
+    asking git takes a moment."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object) -> None:
+        build = build_id()
+        print(f"station-agent {__version__}" + (f" (build {build})" if build else ""))
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="station-agent",
         description="Polling-station webcam agent: capture, encode, spool, upload, report.",
     )
-    parser.add_argument("--version", action="version", version=f"station-agent {__version__}")
+    parser.add_argument("--version", action=_VersionAction, help="show the version and build")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from agent import __version__
+from agent import __version__, build_id
 from agent.adapt.ladder import format_bps, picture_label
 from agent.core.config import ConfigError
 from agent.core.events import EventFanout
@@ -141,6 +141,7 @@ def _telemetry(
         summary=pipeline.summary(),
         commands=command_handlers(pipeline),
         version=__version__,
+        build=build_id(),
         spool_path=cfg.spool.path,
     )
 

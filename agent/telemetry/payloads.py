@@ -37,21 +37,42 @@ def _envelope(kind: str, station_id: str, at_utc: str) -> dict[str, Any]:
 
 
 def status_online(
-    station_id: str, *, at_utc: str, version: str, started_utc: str, summary: dict[str, Any]
+    station_id: str,
+    *,
+    at_utc: str,
+    version: str,
+    build: str | None = None,
+    started_utc: str,
+    summary: dict[str, Any],
 ) -> dict[str, Any]:
+    """`build` is the git commit the program was built from (agent.build_id()), or None."""
     body = _envelope("status", station_id, at_utc)
-    body.update(state="online", version=version, started_utc=started_utc, summary=summary)
+    body.update(
+        state="online", version=version, build=build, started_utc=started_utc, summary=summary
+    )
     return body
 
 
 def status_offline(
-    station_id: str, *, at_utc: str, version: str, started_utc: str, reason: str, clean: bool
+    station_id: str,
+    *,
+    at_utc: str,
+    version: str,
+    build: str | None = None,
+    started_utc: str,
+    reason: str,
+    clean: bool,
 ) -> dict[str, Any]:
     """`clean` False is the last will: the broker sends it when the connection dies, so its
     `at_utc` is when the agent connected, not when it went dark."""
     body = _envelope("status", station_id, at_utc)
     body.update(
-        state="offline", version=version, started_utc=started_utc, reason=reason, clean=clean
+        state="offline",
+        version=version,
+        build=build,
+        started_utc=started_utc,
+        reason=reason,
+        clean=clean,
     )
     return body
 

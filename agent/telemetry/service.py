@@ -81,6 +81,7 @@ class Telemetry:
         summary: dict[str, Any],
         commands: Mapping[str, CommandHandler],
         version: str,
+        build: str | None = None,
         spool_path: Path | None = None,
         heartbeat_s: float | None = None,
     ) -> None:
@@ -89,6 +90,7 @@ class Telemetry:
         self._status = status
         self._summary = summary
         self._version = version
+        self._build = build  # the git commit (status `build`), None when unknown
         self._heartbeat_s = heartbeat_s or channel.heartbeat_s
         self._started_utc = utc_now_iso()
         self._started_s = time.monotonic()
@@ -187,6 +189,7 @@ class Telemetry:
                 self._station_id,
                 at_utc=utc_now_iso(),
                 version=self._version,
+                build=self._build,
                 started_utc=self._started_utc,
                 summary=self._summary,
             )
@@ -198,6 +201,7 @@ class Telemetry:
                 self._station_id,
                 at_utc=utc_now_iso(),
                 version=self._version,
+                build=self._build,
                 started_utc=self._started_utc,
                 reason=reason,
                 clean=clean,
