@@ -23,6 +23,7 @@ UNIT = Path(__file__).resolve().parent.parent / "systemd" / "station-agent.servi
 HOST_UNITS = Path("/usr/lib/systemd/system")
 MAX_EXPOSURE = 1.5  # 1.6 before PrivateMounts=yes (issue 13); what remains is listed in the unit
 TIMEOUT_S = 60
+EXEC_KEYS = ("ExecStart", "ExecReload")  # commands `verify` wants to find in the root
 
 pytestmark = pytest.mark.skipif(
     shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed"
@@ -42,10 +43,9 @@ def make_root(tmp_path: Path, unit_text: str, with_binary: bool = True) -> Path:
     (root / "etc/systemd/system").mkdir(parents=True)
     (root / "etc/systemd/system/station-agent.service").write_text(unit_text)
     shutil.copytree(HOST_UNITS, root / "usr/lib/systemd/system", symlinks=True)
-    if with_binary:
-        exec_start = shlex.split(unit_values("ExecStart")[0])[0]
-        stub = root / exec_start.lstrip("/")
-        stub.parent.mkdir(parents=True)
+    for command in EXEC_KEYS if with_binary else ():
+        stub = root / shlex.split(unit_values(command)[0])[0].lstrip("/")
+        stub.parent.mkdir(parents=True, exist_ok=True)
         stub.write_text("#!/bin/sh\nexit 0\n")
         stub.chmod(0o755)
     return root
