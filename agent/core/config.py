@@ -22,6 +22,9 @@ SERVICE_USER = "station-agent"  # the system user the unit runs the agent as (in
 # A token, a password or a PEM key is a few KiB at most; anything bigger is the wrong file and
 # is not read whole (a 50 MB file named as a token would otherwise be read into memory).
 MAX_SECRET_BYTES = 64 * 1024
+# systemd's LoadCredential= puts each credential in a private directory and names it in this
+# variable (systemd.exec(5), "Credentials"); read_secret looks there first.
+CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
 ECHO_MAX_CHARS = 120  # a config error quotes at most this much of the offending value
 # Keys whose values are never echoed in a config error, whatever their shape.
 _URL_KEYS = ("source", "url")
@@ -109,9 +112,12 @@ def _user_name(uid: int) -> str:
 
 
 def _file_problem(
-    path: Path, st: os.stat_result, what: str, private: bool = True
+    path: Path, st: os.stat_result, what: str, private: bool = True, credential: bool = False
 ) -> ConfigError | None:
-    """Why a secret file must not be used (with the command that fixes it), or None."""
+    """Why a secret file must not be used (with the command that fixes it), or None.
+    A systemd `credential` (root's, mode 0400, read access for the service user granted by an
+    ACL whose mask shows as the group's read bit) may have that bit: systemd made the file
+    and its directory, which only the service's user can open."""
     if not stat.S_ISREG(st.st_mode):
         return ConfigError(f"{path}: the {what} file is not a regular file")
     if private and st.st_uid not in trusted_owners():
@@ -123,7 +129,7 @@ def _file_problem(
             fix=fix,
         )
     mode = stat.S_IMODE(st.st_mode)
-    if private and mode & 0o077:
+    if private and mode & (0o037 if credential else 0o077):
         fix = f"chmod 600 {path}"
         return ConfigError(
             f"{path}: other users can read or change the {what} file (mode {mode:04o}): "
@@ -155,21 +161,39 @@ def _reason(exc: Exception) -> str:
     return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
+def credential_file(path: Path, credentials_dir: Path | None) -> Path | None:
+    """The systemd credential standing in for the secret file `path`: the file named like
+    `path`'s last component in `credentials_dir` ($CREDENTIALS_DIRECTORY), if there is one."""
+    if credentials_dir is None:
+        return None
+    candidate = credentials_dir / path.name
+    return candidate if os.path.lexists(candidate) else None
+
+
 def read_secret(
-    path: Path, what: str, header_safe: bool = False, private: bool = True
+    path: Path,
+    what: str,
+    header_safe: bool = False,
+    private: bool = True,
+    credentials_dir: Path | None = None,
 ) -> SecretStr:
     """Read a secret file (first line, stripped); errors name the file, never the content.
     `private` (the agent's own secrets): the file must pass `check_secret_file`'s rules,
     checked on the opened file; the technician's input files for `provision` are only
     size-capped. utf-8-sig: editors on technicians' laptops add a byte-order mark.
     `header_safe` secrets go into HTTP headers, so only visible ASCII is allowed there (a
-    pasted non-breaking space would otherwise stop every upload)."""
+    pasted non-breaking space would otherwise stop every upload).
+    With `credentials_dir` (systemd's $CREDENTIALS_DIRECTORY), a credential named like the
+    file (`credential_file`) is read instead of `path` (docs/operations.md, Secrets)."""
+    credential = credential_file(path, credentials_dir)
+    if credential is not None:
+        path = credential
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not hang
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot read the {what}: {_reason(exc)}") from None
     try:
-        problem = _file_problem(path, os.fstat(fd), what, private)
+        problem = _file_problem(path, os.fstat(fd), what, private, credential is not None)
         if problem is not None:
             raise problem
         raw = os.read(fd, MAX_SECRET_BYTES + 1)  # never more, even if it grew meanwhile

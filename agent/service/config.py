@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import stat
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,6 +22,7 @@ from agent.adapt.ladder import AdaptConfig
 from agent.capture.config import CaptureConfig
 from agent.capture.privacy import PrivacyConfig
 from agent.core.config import (
+    CREDENTIALS_ENV,
     ConfigError,
     Secrets,
     Section,
@@ -131,35 +133,45 @@ def config_from_dict(data: dict[str, Any], source: str = "<config>") -> AgentCon
         raise ConfigError(f"{source}: values nested too deeply") from None
 
 
-def load_secrets(cfg: AgentConfig) -> Secrets:
+def load_secrets(cfg: AgentConfig, environ: Mapping[str, str] = os.environ) -> Secrets:
     """The secret files' contents. Each file (the TLS client keys too, which the TLS library
-    reads later) must belong to root or the service user and be readable by nobody else."""
+    reads later) must belong to root or the service user and be readable by nobody else.
+    Under systemd's LoadCredential= ($CREDENTIALS_DIRECTORY in `environ`), a credential named
+    like a secret file's last path component is read instead of that file (TLS client keys
+    excepted: the TLS library opens their configured path)."""
+    creds = Path(environ[CREDENTIALS_ENV]) if environ.get(CREDENTIALS_ENV) else None
     http = cfg.uplink.http
     values: dict[str, SecretStr] = {}
     if http is not None and http.token_file is not None:
-        values["http_token"] = read_secret(http.token_file, "upload token", header_safe=True)
+        values["http_token"] = read_secret(
+            http.token_file, "upload token", header_safe=True, credentials_dir=creds
+        )
     if http is not None and http.password_file is not None:
         values["http_password"] = read_secret(
-            http.password_file, "upload password", header_safe=True
+            http.password_file, "upload password", header_safe=True, credentials_dir=creds
         )
     if http is not None and http.key_file is not None:
         check_secret_file(http.key_file, "upload client key")
     if cfg.mqtt is not None and cfg.mqtt.password_file is not None:
-        values["mqtt_password"] = read_secret(cfg.mqtt.password_file, "MQTT password")
+        values["mqtt_password"] = read_secret(
+            cfg.mqtt.password_file, "MQTT password", credentials_dir=creds
+        )
     if cfg.mqtt is not None and cfg.mqtt.key_file is not None:
         check_secret_file(cfg.mqtt.key_file, "MQTT client key")
     if cfg.spool.signing_key_file is not None:
-        values["signing_key"] = read_signing_key(cfg.spool.signing_key_file)
+        values["signing_key"] = read_signing_key(cfg.spool.signing_key_file, creds)
     rtmp_keys = {
-        name: read_secret(rtmp.key_file, f"{name} stream key", header_safe=True)
+        name: read_secret(
+            rtmp.key_file, f"{name} stream key", header_safe=True, credentials_dir=creds
+        )
         for name, rtmp in cfg.uplink.rtmp_outputs()
     }
     return Secrets(**values, rtmp_keys=rtmp_keys)
 
 
-def read_signing_key(path: Path) -> SecretStr:
+def read_signing_key(path: Path, credentials_dir: Path | None = None) -> SecretStr:
     """The station key's line from its secret file, checked to be an Ed25519 private key."""
-    text = read_secret(path, "station signing key")
+    text = read_secret(path, "station signing key", credentials_dir=credentials_dir)
     try:
         parse_private_key(text.get_secret_value())
     except ValueError as exc:
