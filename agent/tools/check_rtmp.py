@@ -98,7 +98,7 @@ def explain(reason: str, rtmp: RtmpOutputConfig) -> str:
     if "publish request" in reason or "refused to publish" in reason:
         return (
             f"The server refuses this stream key: put this station's stream key (one line) in "
-            f"{rtmp.key_file} (a running service takes it on `sudo systemctl kill -s HUP "
+            f"{rtmp.key_file} (a running service takes it on `sudo systemctl reload "
             "station-agent`); ask central staff or the platform for it, and check that the "
             "stream there is set up to receive."
         )
