@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
 import shlex
 import shutil
@@ -42,12 +41,14 @@ from typing import Any
 from agent.tools.station_key import KEY_NAME, PUBLIC_NAME, load_or_make_key, write_key_files
 from bench.chaos_boxes import (
     Box,
+    caught_writing,
     corrupt_index,
     damage_pending_files,
     delete_index,
     held_segments,
     highest_seq,
     keep_index,
+    listdir,
     lost_seqs,
     pending,
     read_index,
@@ -192,6 +193,7 @@ class Chaos:
         self.damaged: set[int] = set()  # segment files the bench damaged
         self.refused: set[int] = set()  # segments the server answered 413 to
         self.refused_names: list[str] = []
+        self.caught_writing = 0  # kills that left a segment half-stored
         self.small_disk_refused: str | None = None
         self.shim: WallClockShim | None = None  # the wall clock of the box that has one
         self.offsets_s: dict[str, list[float]] = {}  # each offset a box's clock had
@@ -319,6 +321,9 @@ class Chaos:
         box.ended(f"kill -9 {moment}")
         done = [f"kill -9 {box.label} {moment}"]
         spool = box.spool
+        if (left := caught_writing(spool)) is not None:
+            self.caught_writing += 1
+            done.append(f"it left {left}")
         for what in kill.then:
             if what == "damage_files":
                 damaged = damage_pending_files(spool, self.rng, spare=self.refused)
@@ -340,10 +345,10 @@ class Chaos:
         """Wait for the moment to kill at; says which it was."""
         if mode == "boundary":
             folder = box.spool / "segments"
-            before = set(_listdir(folder))
+            before = set(listdir(folder))
             deadline_s = time.monotonic() + MOMENT_WAIT_S
             while time.monotonic() < deadline_s:
-                new = set(_listdir(folder)) - before
+                new = set(listdir(folder)) - before
                 if new:
                     return f"as {sorted(new)[0]} appeared (segment boundary)"
                 time.sleep(BOUNDARY_POLL_S)
@@ -441,6 +446,18 @@ class Chaos:
             events.append(event)
         return events
 
+    def last_heartbeat_lost(self, box: str) -> object:
+        """spool.lost_segments in the last heartbeat that box sent (None: no heartbeat)."""
+        ranges = [*self.box_starts, (len(self.recorder.messages), "")]
+        found: object = None
+        for (start, label), (end, _) in zip(ranges, ranges[1:], strict=False):
+            if label != box:
+                continue
+            for message in self.recorder.messages[start:end]:
+                if message.topic.endswith("/heartbeat"):
+                    found = json.loads(message.payload).get("spool", {}).get("lost_segments")
+        return found
+
     def evidence(self) -> Evidence:
         scratch = self.work / "reads"
         copies: list[IndexCopy] = []
@@ -515,13 +532,6 @@ def _wait(predicate: Callable[[], object], timeout_s: float, interval_s: float =
     return bool(predicate())
 
 
-def _listdir(folder: Path) -> list[str]:
-    try:
-        return os.listdir(folder)
-    except OSError:
-        return []
-
-
 # -- the report --------------------------------------------------------------------------------
 
 
@@ -532,9 +542,11 @@ def report(chaos: Chaos, result: Reconciliation, evidence: Evidence) -> str:
     kills = sum(1 for f in chaos.faults if "kill -9" in f)
     lines = ["faults injected:", *(f"  {f}" for f in chaos.faults), ""]
     lines.append(
-        f"kill -9: {kills}; the next start re-indexed "
+        f"kill -9: {kills}, {chaos.caught_writing} of them while a segment was being stored; "
+        f"the starts after them re-indexed "
         f"{sum(f.get('reindexed_segments', 0) for f in recovered)} segment file(s) that had no "
-        f"row and removed {sum(f.get('removed_temp_files', 0) for f in recovered)} temp file(s)"
+        f"row (with those of a lost index) and removed "
+        f"{sum(f.get('removed_temp_files', 0) for f in recovered)} temp file(s)"
     )
     rejected = [e for e in events if e.get("kind") == "upload_rejected"]
     for name in chaos.refused_names:
@@ -546,10 +558,13 @@ def report(chaos: Chaos, result: Reconciliation, evidence: Evidence) -> str:
         lines.append(f"413 on {name}: upload_rejected events {len(rejected)}, {fate}")
     if chaos.small_disk_refused:
         lines.append(f"full file system: SKIPPED, {chaos.small_disk_refused}")
+    final_lost = {c.box: len(c.lost) for c in evidence.copies if c.label == "at the end"}
     for box in chaos.boxes:
         lines.append(
             f"{box.label}: {len(box.runs)} run(s), exits on its own {box.unexpected_exits}, "
-            f"tracebacks in its log {box.stderr_tracebacks()}"
+            f"tracebacks in its log {box.stderr_tracebacks()}; its last heartbeat's "
+            f"spool.lost_segments {chaos.last_heartbeat_lost(box.label)}, lost rows in its "
+            f"index at the end {final_lost.get(box.label)}"
         )
     lines.append("events: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
     lines += ["", render(result)]

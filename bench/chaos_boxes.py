@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.core.durable import TEMP_SUFFIX
 from bench.chaos_reconcile import IndexCopy, Lost, Row, RunEnd, ServerState, archive_entries
 from tests.peers.agent import AGENT_RUN, KILL_TIMEOUT_S, AgentProcess
 from tests.peers.config import write_toml
@@ -166,15 +167,34 @@ def _query(spool: Path, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any,
         return []
     if str(spool).startswith("/proc/"):
         with tempfile.TemporaryDirectory(prefix="chaos-spool-") as tmp:
-            for name in INDEX_FILES[:2]:  # the WAL's index (-shm) is rebuilt from the WAL
-                with contextlib.suppress(FileNotFoundError):
-                    shutil.copyfile(spool / name, Path(tmp) / name)
+            if not _copy_live_index(spool, Path(tmp)):
+                return []
             return _run_query(sqlite3.connect(Path(tmp) / INDEX_FILES[0], timeout=2.0), sql, args)
     try:
         db = sqlite3.connect(f"file:{index}?mode=ro", uri=True, timeout=2.0)
     except sqlite3.Error:
         return []
     return _run_query(db, sql, args)
+
+
+def _copy_live_index(spool: Path, dest: Path, attempts: int = 20) -> bool:
+    """The index and its WAL (the WAL's -shm is rebuilt from it) as of one moment: a copy is
+    kept only if no checkpoint wrote the file meanwhile (a checkpoint may be followed by a
+    WAL restart, and a file older than the WAL's frames would read as an old state)."""
+    index = spool / INDEX_FILES[0]
+    for _ in range(attempts):
+        try:
+            before = index.stat()
+            for name in INDEX_FILES[:2]:
+                with contextlib.suppress(FileNotFoundError):
+                    shutil.copyfile(spool / name, dest / name)
+            after = index.stat()
+        except FileNotFoundError:
+            return False
+        if (before.st_mtime_ns, before.st_size) == (after.st_mtime_ns, after.st_size):
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def _run_query(db: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
@@ -195,11 +215,7 @@ def highest_seq(spool: Path) -> int:
     """The highest segment number in the index or among the files (-1: none)."""
     rows = _query(spool, "SELECT MAX(seq) FROM segments")
     indexed = -1 if not rows or rows[0][0] is None else int(rows[0][0])
-    try:
-        names = os.listdir(spool / "segments")
-    except OSError:
-        names = []
-    files = [int(n[:8]) for n in names if n[:8].isdigit()]
+    files = [int(n[:8]) for n in listdir(spool / "segments") if n[:8].isdigit()]
     return max([indexed, *files])
 
 
@@ -212,6 +228,26 @@ def pending(spool: Path) -> list[int]:
 
 def lost_seqs(spool: Path) -> set[int]:
     return {int(r[0]) for r in _query(spool, "SELECT seq FROM lost")}
+
+
+def caught_writing(spool: Path) -> str | None:
+    """What a kill left of a segment being stored: a temp file (killed while writing it), or
+    a renamed file without its row (killed before the row's commit); None: neither."""
+    names = listdir(spool / "segments")
+    if any(TEMP_SUFFIX in n for n in names):
+        return "a temp file (killed while writing the segment)"
+    rows = {int(r[0]) for r in _query(spool, "SELECT seq FROM segments")}
+    orphans = [n for n in names if n.endswith(".ts") and n[:8].isdigit() and int(n[:8]) not in rows]
+    if orphans:
+        return f"{orphans[0]} without its row (killed before the row's commit)"
+    return None
+
+
+def listdir(folder: Path) -> list[str]:
+    try:
+        return os.listdir(folder)
+    except OSError:
+        return []
 
 
 # -- what the bench breaks (between a kill and the restart) ------------------------------------

@@ -390,7 +390,7 @@ def _gaps(
                 continue
             reasons = _row_reasons(between, lost, on_server, evidence.held)
             reasons += [
-                f"run ended: {run.how}"
+                f"bench: {run.how}"
                 for run in evidence.runs
                 if run.box == box and a.seq <= run.last_seq < b.seq
             ]
@@ -398,15 +398,17 @@ def _gaps(
             for event in steps:
                 if event["box"] == box and _step_near(event, b.start_s):
                     step_s += float(event["fields"]["step_s"])
-                    reasons.append(f"clock_stepped {event['fields']['step_s']:+.0f} s")
+                    reasons.append(f"agent: clock_stepped {event['fields']['step_s']:+.0f} s")
             if b.recovered:
-                reasons.append("re-indexed at start (kill before its row)")
+                reasons.append("agent: re-indexed at start (its row was never written)")
+            elif b.discontinuity:
+                reasons.append("agent: a discontinuity (a new run, or the clock stepped)")
             if "clamped" in b.note:
-                reasons.append("start clamped (clock behind the index)")
+                reasons.append("agent: start clamped (the wall clock behind the index)")
             shim_s = _shim_offset(a, b, gap_s, evidence.clock_offsets_s.get(box, ()))
             if shim_s:
-                reasons.append(f"a re-indexed start is its file's time, not shifted by the "
-                               f"bench's clock shim ({shim_s:+.0f} s)")  # fmt: skip
+                reasons.append(f"bench: a re-indexed start is its file's time, which the "
+                               f"clock shim does not shift ({shim_s:+.0f} s)")  # fmt: skip
             missing_s = max(0.0, gap_s - max(0.0, step_s) - shim_s)
             gaps.append(Gap(rec, a.seq, b.seq, gap_s, missing_s, tuple(reasons) or ("none",)))
     return gaps
@@ -418,18 +420,19 @@ def _row_reasons(
     on_server: dict[str, set[str]],
     held: frozenset[tuple[str, int]],
 ) -> list[str]:
-    kinds: dict[str, int] = defaultdict(int)
+    """What became of the segments a viewer misses in a gap, counted by fate."""
+    fates: dict[tuple[str, str], int] = defaultdict(int)  # (whose word, what) -> segments
     for row in between:
         key = (row.recording_id, row.seq)
         if row.sha256 in on_server:
-            kinds["upstream under a later recording"] += 1
+            fates[("agent: ", "re-indexed into a later recording, uploaded there")] += 1
         elif key in lost:
-            kinds[f"lost ({lost[key].cause}: {lost[key].reason[:60]})"] += 1
+            fates[("agent: ", f"lost ({lost[key].cause}: {lost[key].reason[:60]})")] += 1
         elif key in held:
-            kinds["held in the spool"] += 1
+            fates[("", "held in the spool")] += 1
         else:
-            kinds["UNREPORTED"] += 1
-    return [f"{n} segment(s) {kind}" for kind, n in kinds.items()]
+            fates[("", "UNREPORTED")] += 1
+    return [f"{who}{n} segment(s) {what}" for (who, what), n in fates.items()]
 
 
 def _shim_offset(a: Row, b: Row, gap_s: float, offsets_s: tuple[float, ...]) -> float:
