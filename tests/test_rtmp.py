@@ -5,6 +5,9 @@ costs the record nothing, a rung change keeps the recordings playable, the key s
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -16,10 +19,13 @@ import numpy as np
 import pytest
 from jsonschema import Draft202012Validator
 
+from agent.adapt.ladder import Rung
 from agent.core.clock import parse_utc
 from agent.core.config import ConfigError
 from agent.core.events import Event
+from agent.encode.encoder import VideoEncoder
 from agent.encode.overlay import Overlay, _margin, render_patch
+from agent.encode.packet import EncodedPacket
 from agent.service.config import (
     AgentConfig,
     config_from_dict,
@@ -29,6 +35,7 @@ from agent.service.config import (
 )
 from agent.telemetry import load_schema
 from agent.tools.check_rtmp import check_rtmp
+from agent.uplink import rtmp_pipe as pipe
 from agent.uplink.rtmp import RtmpOutput
 from tests.peers.agent import Running, assert_all_on_server, wait_until
 from tests.peers.config import SMALL_RUNG, STATION, agent_config
@@ -353,3 +360,46 @@ def test_check_publishes_one_second_and_names_the_fix(
     assert "in answer to the publish request" in failed.detail
     assert failed.fix is not None and str(wrong_dir / "stream-key") in failed.fix
     assert "not-the-key-5678" not in repr(failed)
+
+
+# -- the publisher process on its own -----------------------------------------------------------
+
+
+def publisher_process() -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent.uplink.rtmp_child"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def test_the_publisher_takes_settings_and_packets_written_in_one_go(nginx: Nginx) -> None:
+    settings = pipe.PublisherSettings("rtmp-1", nginx.rtmp_url, KEY, None, 5.0, 5.0, 1.0, 1.0)
+    rung = Rung(160, 120, 10, 200_000)
+    encoder = VideoEncoder("libx264", rung, "ultrafast", 1, 10)
+    data = settings.encode()
+    for i in range(20):
+        picture = np.full((180, 160), i * 10, np.uint8)
+        for p in encoder.encode(picture, i * 9000, i % 10 == 0):
+            packet = EncodedPacket(bytes(p), i * 9000, i * 9000, p.is_keyframe, rung, b"",
+                                   time.monotonic())  # fmt: skip
+            data += pipe.encode_packet(packet)
+    proc = publisher_process()
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(data)  # the settings and every packet in one write
+    proc.stdin.flush()
+    reports = [json.loads(proc.stdout.readline()) for _ in range(3)]  # the first stats: 1 s
+    out, err = proc.communicate(pipe.frame(pipe.QUIT), timeout=WAIT_S)
+    kinds = [r["kind"] for r in reports] + [json.loads(line)["kind"] for line in out.splitlines()]
+    assert proc.returncode == 0 and kinds[:3] == ["connecting", "connected", "stats"], err
+    # two GOPs were waiting when it connected: it starts at the newer one (the live edge)
+    assert reports[2]["frames_sent"] == 10 and kinds[-1] == "closed"
+    assert len(frames_of(nginx.wait_for_recording(KEY, timeout_s=WAIT_S))) == 10
+
+
+def test_a_publisher_whose_pipe_is_out_of_step_ends(nginx: Nginx) -> None:
+    settings = pipe.PublisherSettings("rtmp-1", nginx.rtmp_url, KEY, None, 5.0, 5.0, 1.0, 1.0)
+    proc = publisher_process()
+    garbage = pipe.FRAME_HEAD.pack(pipe.PACKET, 1 << 30)
+    out, err = proc.communicate(settings.encode() + garbage, timeout=WAIT_S)
+    assert proc.returncode == 0 and b"not from the agent" in err
+    assert KEY.encode() not in out + err

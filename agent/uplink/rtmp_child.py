@@ -161,7 +161,7 @@ class RtmpChild:
         without waiting; anything else is the publish loop's (it is woken)."""
         stream = self._stream
         while stream is not None and not (stream.waiting or stream.restart or stream.error):
-            if self._new_settings or self._stopping:
+            if self._new_settings:
                 break
             now_s = self._clock()
             packet = self.queue.peek(now_s)
@@ -249,6 +249,7 @@ class RtmpChild:
             self._pump()
             while True:
                 if self._stopping:
+                    self._pump()  # what is queued already, then the polite end
                     return "stopping"
                 if publisher.failure is not None or stream.error is not None:
                     raise RtmpError(publisher.failure or stream.error or "connection lost")
@@ -291,20 +292,23 @@ class RtmpChild:
         return [self.settings.key, *url_secrets(self.settings.url)]
 
 
-def read_settings(fd: int) -> pipe.PublisherSettings:
-    """The first frame on stdin, read before the loop starts: the settings."""
-    data = bytearray()
-    while True:
-        frames = pipe.take_frames(data)
-        if frames:
-            kind, body = frames[0]
-            if kind != pipe.SETTINGS:
-                raise ValueError("the agent did not send the settings first")
-            return pipe.PublisherSettings.decode(body)
-        chunk = os.read(fd, pipe.FRAME_HEAD.size if not data else 65536)
+def read_exactly(fd: int, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
         if not chunk:
             raise EOFError("stdin closed before the settings")
         data += chunk
+    return data
+
+
+def read_settings(fd: int) -> pipe.PublisherSettings:
+    """The first frame on stdin, read before the loop starts (and not a byte more): the
+    settings."""
+    kind, length = pipe.FRAME_HEAD.unpack(read_exactly(fd, pipe.FRAME_HEAD.size))
+    if kind != pipe.SETTINGS or length > pipe.MAX_FRAME_BYTES:
+        raise ValueError("the agent did not send the settings first")
+    return pipe.PublisherSettings.decode(read_exactly(fd, length))
 
 
 async def run(settings: pipe.PublisherSettings, stdin_fd: int, stdout: BinaryIO) -> None:
@@ -324,7 +328,12 @@ async def run(settings: pipe.PublisherSettings, stdin_fd: int, stdout: BinaryIO)
             return
         if not data:
             loop.remove_reader(stdin_fd)
-        child.on_input(data)
+        try:
+            child.on_input(data)
+        except ValueError as exc:  # the pipe is out of step: nothing more can be trusted
+            log.error("%s; ending (the agent starts a new publisher)", exc)
+            loop.remove_reader(stdin_fd)
+            child.quit()
 
     os.set_blocking(stdin_fd, False)
     loop.add_reader(stdin_fd, readable)
