@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs station-agent on a Debian/Ubuntu/Raspberry Pi OS box: system packages, a virtual
-# environment under /opt/station-agent with the package, the service user, /etc/station-agent,
-# the systemd unit, enabled. Run it again at any time: it changes only what differs and says so.
+# environment under /opt/station-agent with the package and the exact dependency versions of
+# constraints.txt, `station-agent` on PATH (/usr/local/bin), the service user,
+# /etc/station-agent, the systemd unit, enabled. Run it again at any time: it changes only what
+# differs and says so. (A .deb does the same: scripts/build-deb, docs/technician-guide.md.)
 #
 #   sudo provisioning/install.sh                       # from this repository (needs PyPI)
 #   sudo provisioning/install.sh --wheelhouse DIR      # offline: every wheel is in DIR
@@ -15,7 +17,7 @@
 #                     the same symlink `systemctl enable` makes. The venv is usable for tests only
 #                     (a venv is not relocatable).
 #   --wheelhouse DIR  install station-agent and its dependencies from DIR only (pip --no-index);
-#                     make one with `pip wheel -w DIR .` (same CPU architecture and Python)
+#                     make one with `scripts/build-wheelhouse amd64|arm64 DIR`
 #   --no-deps         install station-agent without its dependencies (tests only: it won't run)
 #   --no-tools        skip the optional technician tools (ffmpeg, v4l-utils)
 #   --python PATH     interpreter for the venv (default /usr/bin/python3, needs >= 3.11)
@@ -26,10 +28,12 @@ USER_NAME=station-agent
 PREFIX=/opt/station-agent
 CONF_DIR=/etc/station-agent
 UNIT_DIR=/etc/systemd/system
+COMMAND_LINK=/usr/local/bin/station-agent # on PATH (also sudo's secure_path on Debian)
 REQUIRED_PACKAGES=(python3 python3-venv)
 TOOL_PACKAGES=(ffmpeg v4l-utils) # ffprobe to judge segments, v4l2-ctl to list cameras
 
 SRC_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CONSTRAINTS="$SRC_DIR/constraints.txt" # the exact versions (scripts/lock)
 DRY_RUN=0
 ROOT="${DESTDIR:-}"
 WHEELHOUSE=""
@@ -68,6 +72,7 @@ if [ -n "$WHEELHOUSE" ]; then
   compgen -G "$WHEELHOUSE/station_agent-*.whl" >/dev/null \
     || die "no station_agent-*.whl in $WHEELHOUSE (make one with: pip wheel -w DIR .)"
 fi
+[ -f "$CONSTRAINTS" ] || die "$CONSTRAINTS is missing (a copy of the repository without it?)"
 if [ -z "$ROOT" ] && [ "$DRY_RUN" -eq 0 ] && [ "$(id -u)" -ne 0 ]; then
   die "run as root (sudo $0), or try --dry-run"
 fi
@@ -183,12 +188,25 @@ source_digest() { # what we install from, as one hash: changes whenever the pack
       | xargs -0 sha256sum)
   else
     (cd "$SRC_DIR" && find pyproject.toml agent -type f ! -path '*/__pycache__/*' \
-      ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum)
-  fi | { cat; echo "no-deps=$NO_DEPS"; } | sha256sum | cut -d' ' -f1
+      ! -name '*.pyc' ! -name BUILD -print0 | sort -z | xargs -0 sha256sum)
+    echo "build=$(build_id)"
+  fi | { cat; sha256sum "$CONSTRAINTS"; echo "no-deps=$NO_DEPS"; } | sha256sum | cut -d' ' -f1
+}
+
+build_id() { # the commit of a git checkout (the status message's `build`), or nothing
+  local head
+  command -v git >/dev/null && [ -e "$SRC_DIR/.git" ] || return 0
+  head="$(git -C "$SRC_DIR" rev-parse --short=12 HEAD 2>/dev/null)" || return 0
+  git -C "$SRC_DIR" diff --quiet HEAD -- 2>/dev/null || head="$head-dirty"
+  echo "$head"
+}
+
+pip_install() { # pip's own lines, indented under the step's "do:" line: progress, not silence
+  PYTHONUNBUFFERED=1 "$VENV/bin/python" -m pip install "$@" 2>&1 | sed -u 's/^/    /'
 }
 
 install_venv() {
-  local digest spec pip_args=(--quiet --disable-pip-version-check)
+  local digest spec pip_args=(--disable-pip-version-check --progress-bar off -c "$CONSTRAINTS")
   if [ -n "$WHEELHOUSE" ]; then
     pip_args+=(--no-index --find-links "$WHEELHOUSE")
     spec="$SERVICE"
@@ -213,12 +231,12 @@ install_venv() {
     act "copy the package source to $spec" copy_source "$spec"
   fi
   act "pip install station-agent into $VENV from $from" \
-    "$VENV/bin/python" -m pip install "${pip_args[@]}" --force-reinstall --no-deps "$spec"
+    pip_install "${pip_args[@]}" --force-reinstall --no-deps "$spec"
   if [ "$NO_DEPS" -eq 1 ]; then
     skip "pip install the dependencies (--no-deps)"
   else
-    act "pip install the dependencies of station-agent" \
-      "$VENV/bin/python" -m pip install "${pip_args[@]}" "$spec"
+    act "pip install the dependencies of station-agent (the versions in constraints.txt)" \
+      pip_install "${pip_args[@]}" "$spec"
   fi
   act "record $STAMP" write_stamp "$digest"
 }
@@ -227,6 +245,24 @@ copy_source() {
   mkdir -p "$1"
   cp -r "$SRC_DIR/pyproject.toml" "$SRC_DIR/README.md" "$SRC_DIR/agent" "$1/"
   find "$1" -name __pycache__ -type d -prune -exec rm -rf {} +
+  rm -f "$1/agent/BUILD"
+  local build
+  build="$(build_id)"
+  if [ -n "$build" ]; then printf '%s\n' "$build" >"$1/agent/BUILD"; fi
+}
+
+link_command() { # `station-agent` on PATH: the technician guide's first command
+  local link="$ROOT$COMMAND_LINK" target="$PREFIX/venv/bin/$SERVICE"
+  if [ "$(readlink "$link" 2>/dev/null)" = "$target" ]; then
+    ok "command $link -> $target"
+  else
+    act "link $link -> $target (station-agent on PATH)" link_to "$target" "$link"
+  fi
+}
+
+link_to() {
+  install -d -m 0755 "$(dirname "$2")"
+  ln -sfn "$1" "$2"
 }
 
 write_stamp() { printf '%s\n' "$1" >"$STAMP"; }
@@ -290,6 +326,7 @@ check_python
 create_user
 ensure_dir "$PREFIX" 0755 root
 install_venv
+link_command
 install_docs
 ensure_dir "$CONF_DIR" 0750 "$USER_NAME"
 ensure_file "$SRC_DIR/provisioning/station.example.toml" "$CONF_DIR/config.example.toml" 0640

@@ -1,13 +1,17 @@
 """provisioning/install.sh: --dry-run line by line, then real installs into a temporary root,
-twice (the second run changes nothing), from the source tree and offline from a wheelhouse."""
+twice (the second run changes nothing), from the source tree and offline from a wheelhouse:
+`station-agent` on PATH afterwards, pip's progress shown, the locked versions installed."""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,9 @@ PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.execut
 TIMEOUT_S = 300
 UNIT = "etc/systemd/system/station-agent.service"
 WANTS = "etc/systemd/system/multi-user.target.wants/station-agent.service"
+LINK = "usr/local/bin/station-agent"  # on PATH
+AGENT = "/opt/station-agent/venv/bin/station-agent"
+VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +33,7 @@ def src(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (other work in progress), which would rightly make a second run reinstall."""
     copy = tmp_path_factory.mktemp("checkout")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "constraints.txt"):
         shutil.copy(REPO / name, copy / name)
     for name in ("agent", "systemd", "provisioning", "docs"):
         shutil.copytree(REPO / name, copy / name, ignore=ignore)
@@ -64,6 +71,24 @@ def tree_digest(root: Path) -> dict[str, str]:
     return out
 
 
+def locked(constraints: Path) -> dict[str, str]:
+    pins = [x for x in constraints.read_text().splitlines() if x and not x.startswith("#")]
+    return {canonical(x.split("==")[0]): x.split("==")[1] for x in pins}
+
+
+def installed(python: Path) -> dict[str, str]:
+    """Every distribution in a venv but station-agent, as name -> version."""
+    code = "import importlib.metadata as m\nfor d in m.distributions(): print(d.name, d.version)"
+    out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=60)
+    found = dict(line.split() for line in out.stdout.splitlines())
+    skip = {"station-agent", "pip", "setuptools", "wheel"}
+    return {canonical(k): v for k, v in found.items() if canonical(k) not in skip}
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def docs(src: Path) -> list[str]:
     names = ("operations.md", "technician-guide.md", "telemetry.md")
     return [name for name in names if (src / "docs" / name).exists()]
@@ -85,6 +110,7 @@ def test_dry_run_into_an_empty_root_lists_every_action(src: Path, tmp_path: Path
         f"would: pip install station-agent into {r}/opt/station-agent/venv from {src}",
         "skip: pip install the dependencies (--no-deps)",
         f"would: record {r}/opt/station-agent/installed-from.sha256",
+        f"would: link {r}/{LINK} -> {AGENT} (station-agent on PATH)",
         *[f"would: install {r}/opt/station-agent/docs/{d} (mode 0644)" for d in docs(src)],
         f"would: mkdir {r}/etc/station-agent (mode 0750)",
         f"skip: chown root:station-agent {r}/etc/station-agent (--root)",
@@ -92,7 +118,7 @@ def test_dry_run_into_an_empty_root_lists_every_action(src: Path, tmp_path: Path
         f"would: install {r}/{UNIT} (mode 0644)",
         "skip: systemctl daemon-reload (--root)",
         f"would: enable station-agent: symlink {r}/{WANTS} -> /{UNIT}",
-        f"result: {9 + len(docs(src))} change(s) would be made (dry run)",
+        f"result: {10 + len(docs(src))} change(s) would be made (dry run)",
     ]
     got = lines(result)
     copy_line = got[expected.index("COPY")]
@@ -123,6 +149,12 @@ def test_bad_arguments_exit_2(src: Path, tmp_path: Path) -> None:
         src, "--root", str(tmp_path / "r"), "--wheelhouse", str(empty), check=False
     )
     assert result.returncode == 2 and "no station_agent-*.whl" in result.stderr
+    (src / "constraints.txt").rename(tmp_path / "constraints.txt")
+    try:
+        result = run_install(src, "--dry-run", "--root", str(tmp_path / "r"), check=False)
+    finally:
+        (tmp_path / "constraints.txt").rename(src / "constraints.txt")
+    assert result.returncode == 2 and "constraints.txt is missing" in result.stderr
 
 
 def test_install_from_source_twice_changes_nothing_the_second_time(
@@ -130,14 +162,23 @@ def test_install_from_source_twice_changes_nothing_the_second_time(
 ) -> None:
     root = tmp_path / "root"
     first = run_install(src, "--root", str(root), "--no-deps")
-    assert lines(first)[-2] == f"result: {9 + len(docs(src))} change(s) made"
+    assert lines(first)[-2] == f"result: {10 + len(docs(src))} change(s) made"
     venv = root / "opt/station-agent/venv"
     code = "import importlib.metadata as m; print(m.version('station-agent'))"
     meta = subprocess.run(
         [str(venv / "bin/python"), "-c", code], capture_output=True, text=True, timeout=60
     )
-    assert meta.stdout.strip() == "0.1.0"
+    assert meta.stdout.strip() == VERSION
     assert (venv / "bin/station-agent").exists()
+    # On PATH: /usr/local/bin/station-agent is the venv's command (inside the root).
+    assert os.readlink(root / LINK) == AGENT and os.access(root / AGENT.lstrip("/"), os.X_OK)
+    # Progress: pip's own lines, indented under the step that runs it (not 75 s of silence).
+    out = lines(first)
+    step = next(i for i, x in enumerate(out) if x.startswith("do: pip install station-agent"))
+    pip_lines = list(itertools.takewhile(lambda x: x.startswith("    "), out[step + 1 :]))
+    assert any(
+        re.match(rf"    Successfully installed station-agent-{VERSION}", x) for x in pip_lines
+    )
     assert (root / UNIT).read_bytes() == (src / "systemd/station-agent.service").read_bytes()
     assert os.readlink(root / WANTS) == "/" + UNIT
     assert (root / "etc/station-agent").stat().st_mode & 0o777 == 0o750
@@ -165,7 +206,9 @@ def test_offline_wheelhouse_install_gives_a_working_agent(src: Path, tmp_path: P
     build_src = tmp_path / "build-src"  # pip builds in-tree: keep the shared copy clean
     shutil.copytree(src, build_src)
     wheels = tmp_path / "wheels"
-    pip_wheel = [sys.executable, "-m", "pip", "wheel", "-q", "-w", str(wheels), str(build_src)]
+    constraints = str(src / "constraints.txt")
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "-q", "-w", str(wheels), "-c", constraints]
+    pip_wheel.append(str(build_src))
     built = subprocess.run(pip_wheel, capture_output=True, text=True, timeout=TIMEOUT_S)
     if built.returncode != 0:
         pytest.skip(f"cannot build a wheelhouse here (no package index?): {built.stderr[-300:]}")
@@ -178,12 +221,14 @@ def test_offline_wheelhouse_install_gives_a_working_agent(src: Path, tmp_path: P
     version = subprocess.run(
         [str(agent), "--version"], capture_output=True, text=True, timeout=60, check=True
     )
-    assert version.stdout.strip() == "station-agent 0.1.0"
+    assert version.stdout.startswith(f"station-agent {VERSION}")
     code = "import agent.service.pipeline, av, cv2, paho.mqtt, psutil"
     imports = subprocess.run(
         [str(agent.parent / "python"), "-c", code], capture_output=True, text=True, timeout=60
     )
     assert imports.returncode == 0, imports.stderr
+    assert installed(agent.parent / "python") == locked(src / "constraints.txt")
+    assert "(the versions in constraints.txt)" in first.stdout
 
     snapshot = tree_digest(root)
     second = run_install(src, "--root", str(root), "--wheelhouse", str(wheels))
