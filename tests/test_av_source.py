@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from agent.capture.av_source import AvSource
-from agent.capture.frames import frame_size, planes
+from agent.capture.frames import frame_size, i420_from_av, planes
 from agent.capture.sources import SourceError, open_source
 from tests.peers.nginx import Nginx
 from tests.peers.ports import free_port
@@ -63,11 +63,13 @@ def test_a_4_2_0_file_arrives_as_it_was_decoded_and_loops(tmp_path: Path) -> Non
     source = AvSource(f"file:{path}", W, H, 30, clock=clock.monotonic, sleep=clock.sleep)
     source.open()
     try:
-        frames = [source.read() for _ in range(FRAMES + 2)]
+        decoded = [source.read() for _ in range(FRAMES + 2)]
     finally:
         source.close()
+    frames = [i420_from_av(d) for d in decoded if d is not None]
+    assert len(frames) == len(decoded)
     for k, frame in enumerate(frames):
-        assert frame is not None and frame.flags.c_contiguous
+        assert frame.flags.c_contiguous
         assert frame_size(frame) == (W, H)
         assert np.array_equal(frame, gradient(k % FRAMES)), f"frame {k} changed on the way"
     # paced to the file's own rate (10 fps), not the configured 30
@@ -80,10 +82,12 @@ def test_other_formats_are_converted_once_keeping_the_stream_size(tmp_path: Path
     source = AvSource(f"file:{path}", 2 * W, 2 * H, FPS)  # (a capture size the file ignores)
     source.open()
     try:
-        frame = source.read()
+        decoded = source.read()
     finally:
         source.close()
-    assert frame is not None and frame.shape == (H * 3 // 2, W)
+    assert decoded is not None
+    frame = i420_from_av(decoded)
+    assert frame.shape == (H * 3 // 2, W)
     y, u, v = planes(frame)
     expected_y, _, _ = planes(gradient(0))
     assert np.abs(y.astype(int) - expected_y.astype(int)).mean() < 3  # video range again

@@ -214,6 +214,46 @@ def test_camera_that_errors_n_times_is_reopened_with_one_outage() -> None:
     assert "device busy" in outage.reason
 
 
+class CountingCamera:
+    """Frame k is uniformly grey level k % 200 + 20, delivered as fast as asked."""
+
+    description = "counting camera"
+
+    def __init__(self) -> None:
+        self.k = 0
+
+    def open(self) -> None:
+        pass
+
+    def read(self) -> np.ndarray | None:
+        self.k += 1
+        return np.full((48, 64, 3), self.k % 200 + 20, np.uint8)
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_frame_the_encoder_holds_is_never_reused_under_it() -> None:
+    """Frame buffers are pooled: the capture may reuse one only once the encoder has moved on
+    from it (its next latest()) or it was dropped unread; copies for others are their own."""
+    capture = Capture(CaptureConfig(source="test:"), RecordingSink(), CountingCamera)
+    capture.start()
+    try:
+        for _ in range(20):
+            assert wait_until(lambda: capture.latest() is not None, 5)
+            held = capture.latest()
+            assert held is not None
+            seen = held.image.copy()
+            copy = capture.newest_copy()
+            until = capture.frames_in + 8  # the capture goes on delivering meanwhile
+            assert wait_until(lambda: capture.frames_in >= until, 5)  # noqa: B023
+            assert np.array_equal(held.image, seen), "a held frame was overwritten"
+            assert copy is not None and copy.image is not held.image
+        assert capture.frames_dropped > 0  # frames were dropped, so their buffers went round
+    finally:
+        capture.stop()
+
+
 class DelayedEncoder:
     """A real libx264 encoder whose packets come out 3 frames late, as hardware encoders'
     (QSV async depth, NVENC surfaces, V4L2 M2M buffers) do."""

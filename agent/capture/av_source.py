@@ -1,9 +1,9 @@
 """Video files and IP cameras (RTSP, HTTP) through PyAV, decoded straight to I420.
 
-The decoder's YUV is what the encoder takes: a 4:2:0 stream is copied once into the frame the
-pipeline owns (the decoder keeps its own buffers as references); any other format (4:2:2 MJPEG,
-full range) goes through one swscale pass. Frames keep the stream's size, as OpenCV's did: the
-encode loop scales to the rung. No BGR on the way (OpenCV decoded to BGR and the
+The decoder's YUV is what the encoder takes: the capture copies a 4:2:0 frame once into a buffer
+of its own (the decoder keeps its buffers as references); any other format (4:2:2 MJPEG, full
+range) goes through one swscale pass (agent/capture/frames.py). Frames keep the stream's size, as
+OpenCV's did: the encode loop scales to the rung. No BGR on the way (OpenCV decoded to BGR and the
 encoder converted back: ~1.1 ms per 720p frame and two more 720p buffers).
 
 Decoding uses slice threads, not frame threads: frame threading delays every picture by one
@@ -19,9 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import av
-import numpy as np
 
-from agent.capture.frames import i420_shape
 from agent.capture.sources import SourceError
 from agent.core.redact import redact_url
 
@@ -33,8 +31,6 @@ OPEN_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 5.0
 # RTSP over TCP: a lost UDP packet is a broken picture; TCP only delays it (cameras on a LAN)
 RTSP_OPTIONS = {"rtsp_transport": "tcp"}
-I420 = "yuv420p"  # passed through as decoded, unless full range (MJPEG, some cameras)
-FULL_RANGE = 2  # AVCOL_RANGE_JPEG: mapped to video range (16-235), what the encoder signals
 
 
 class AvSource:
@@ -84,7 +80,9 @@ class AvSource:
         self._frames = container.decode(stream)
         self._next_s = self._clock()
 
-    def read(self) -> np.ndarray | None:
+    def read(self) -> av.VideoFrame | None:
+        """The next decoded frame, as the decoder made it (the capture copies it once into
+        its own I420 buffer: agent/capture/frames.py i420_from_av)."""
         if self._container is None or self._frames is None:
             raise SourceError("source is not open")
         if self._is_file:
@@ -100,7 +98,7 @@ class AvSource:
             raise SourceError(f"{self.description}: {exc}") from None
         if frame is None:
             raise SourceError(f"{self.description} stopped delivering frames")
-        return self._to_i420(frame)
+        return frame
 
     def _rewind(self, container: av.container.InputContainer) -> av.VideoFrame | None:
         """A file loops: back to its start."""
@@ -110,24 +108,6 @@ class AvSource:
         container.seek(0, stream=stream)
         self._frames = container.decode(stream)
         return next(self._frames, None)
-
-    def _to_i420(self, frame: av.VideoFrame) -> np.ndarray:
-        """The frame as the pipeline's own I420 array at the stream's size (the encoder scales
-        to the rung): one copy, plus a swscale pass when the decoder's format is another."""
-        w, h = frame.width & ~1, frame.height & ~1  # (I420 needs even sizes)
-        full_range = frame.color_range == FULL_RANGE
-        if frame.format.name != I420 or full_range or frame.width != w or frame.height != h:
-            frame = frame.reformat(w, h, I420, dst_color_range="MPEG")
-        out = np.empty(i420_shape(w, h), np.uint8)
-        flat = out.reshape(-1)
-        offset = 0
-        for index, (plane_w, plane_h) in enumerate(((w, h), (w // 2, h // 2), (w // 2, h // 2))):
-            plane = frame.planes[index]
-            rows = np.frombuffer(memoryview(plane), np.uint8).reshape(plane_h, plane.line_size)
-            dst = flat[offset : offset + plane_w * plane_h].reshape(plane_h, plane_w)
-            np.copyto(dst, rows[:, :plane_w])
-            offset += plane_w * plane_h
-        return out
 
     def close(self) -> None:
         if self._container is not None:

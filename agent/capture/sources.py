@@ -4,10 +4,10 @@ A source is opened, read frame by frame (numpy arrays) and closed. `read()` bloc
 about one frame interval and returns None when no frame came; raising `SourceError` means the
 source is broken and the capture loop will reopen it with backoff.
 
-Frames are BGR (h, w, 3), except from the sources that decode video (files and IP cameras,
-agent/capture/av_source.py) when asked for `native_yuv`: those deliver the decoder's I420
-(agent/capture/frames.py), which the pipeline passes to the encoder without a BGR round trip.
-The tools (check, health, mask, provision) take BGR.
+`open_source()` gives the tools (check, health, mask, provision) BGR frames (h, w, 3).
+`open_capture_source()` gives the capture thread what each source has: the decoder's frames for
+files and IP cameras (agent/capture/av_source.py), which go to the encoder as I420 with no BGR
+round trip (agent/capture/frames.py), and BGR for the test pattern and V4L2.
 """
 
 from __future__ import annotations
@@ -16,13 +16,17 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import cv2
 import numpy as np
 
-from agent.capture.frames import to_bgr
 from agent.core.redact import redact_url
+
+if TYPE_CHECKING:
+    import av
+
+    from agent.capture.av_source import AvSource
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +38,25 @@ class SourceError(Exception):
 
 
 class FrameSource(Protocol):
+    """Delivers BGR frames (h, w, 3)."""
+
     description: str
 
     def open(self) -> None: ...
 
     def read(self) -> np.ndarray | None: ...
+
+    def close(self) -> None: ...
+
+
+class CaptureSource(Protocol):
+    """Delivers BGR frames or decoded ones (PyAV), which the capture turns into I420."""
+
+    description: str
+
+    def open(self) -> None: ...
+
+    def read(self) -> np.ndarray | av.VideoFrame | None: ...
 
     def close(self) -> None: ...
 
@@ -162,9 +180,9 @@ class V4l2Source:
 
 
 class _BgrFrames:
-    """A source's I420 frames as BGR, for the tools."""
+    """A decoding source's frames as BGR, for the tools."""
 
-    def __init__(self, inner: FrameSource) -> None:
+    def __init__(self, inner: AvSource) -> None:
         self._inner = inner
         self.description = inner.description
 
@@ -173,25 +191,33 @@ class _BgrFrames:
 
     def read(self) -> np.ndarray | None:
         frame = self._inner.read()
-        return None if frame is None else to_bgr(frame)
+        return None if frame is None else frame.to_ndarray(format="bgr24")
 
     def close(self) -> None:
         self._inner.close()
 
 
-def open_source(
-    spec: str, width: int, height: int, fps: int, native_yuv: bool = False
-) -> FrameSource:
-    """The source for a config `source` string (not yet opened). Files and IP cameras deliver
-    I420 with `native_yuv` (the pipeline), BGR without (the tools)."""
+def open_source(spec: str, width: int, height: int, fps: int) -> FrameSource:
+    """The source for a config `source` string (not yet opened), delivering BGR: the tools."""
     if spec.startswith("test:"):
         return TestPatternSource(width, height, fps, noise=spec == "test:noise")
     if spec.startswith("v4l2:"):
         return V4l2Source(spec, width, height, fps)
     from agent.capture.av_source import AvSource  # (it imports SourceError from here)
 
-    source = AvSource(spec, width, height, fps)
-    return source if native_yuv else _BgrFrames(source)
+    return _BgrFrames(AvSource(spec, width, height, fps))
+
+
+def open_capture_source(spec: str, width: int, height: int, fps: int) -> CaptureSource:
+    """The source for the capture thread: files and IP cameras deliver decoded frames, which
+    the capture copies once into its own I420 buffers; the others BGR."""
+    if spec.startswith("test:"):
+        return TestPatternSource(width, height, fps, noise=spec == "test:noise")
+    if spec.startswith("v4l2:"):
+        return V4l2Source(spec, width, height, fps)
+    from agent.capture.av_source import AvSource  # (it imports SourceError from here)
+
+    return AvSource(spec, width, height, fps)
 
 
 def grab_frame(source: str, width: int, height: int, timeout_s: float = 10.0) -> np.ndarray:

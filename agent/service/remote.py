@@ -32,7 +32,7 @@ def _no_arguments(name: str, payload: dict[str, Any]) -> None:
 def command_handlers(pipeline: Pipeline) -> dict[str, CommandHandler]:
     def snapshot(payload: dict[str, Any]) -> bytes:
         _no_arguments("snapshot", payload)
-        frame = pipeline.capture.latest()  # already privacy-masked
+        frame = pipeline.capture.newest_copy()  # already privacy-masked
         if frame is None:
             raise CommandError("no camera frame yet")
         image = to_bgr(frame.image)
@@ -69,7 +69,7 @@ def command_handlers(pipeline: Pipeline) -> dict[str, CommandHandler]:
 
     def retake_reference(payload: dict[str, Any]) -> dict[str, Any]:
         _no_arguments("retake_reference", payload)
-        frame = pipeline.capture.latest()
+        frame = pipeline.capture.newest_copy()
         if frame is None:
             raise CommandError("no camera frame yet")
         picture = to_bgr(frame.image)
