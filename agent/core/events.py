@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 log = logging.getLogger(__name__)
+
+# Events a start emits before the telemetry can subscribe (its config problems, the spool's
+# recovery, a camera that does not open): a handful; this bound only stops a runaway.
+EARLY_EVENTS_MAX = 1000
 
 Severity = Literal["debug", "info", "warning", "error", "critical"]
 
@@ -37,24 +42,79 @@ class EventSink(Protocol):
 
 
 class EventFanout:
-    """Hands every event to each subscriber; a failing subscriber never stops the others."""
+    """Hands every event to each subscriber; a failing subscriber never stops the others.
 
-    def __init__(self) -> None:
+    With `keep_early`, it also keeps what is emitted (at most EARLY_EVENTS_MAX) until a
+    subscriber asks for it with `subscribe(callback, replay_early=True)`; that one gets those
+    events first, in order, then the rest as they come. The service builds the pipeline
+    (whose construction and start emit events) before the telemetry that reports them, and
+    the telemetry's own `agent_started` must come first: it subscribes after its start."""
+
+    def __init__(self, keep_early: bool = False) -> None:
         self._subscribers: list[Callable[[Event], None]] = []
         self._lock = threading.Lock()
+        self._early: deque[Event] | None = deque() if keep_early else None
+        self.early_dropped = 0
 
-    def subscribe(self, callback: Callable[[Event], None]) -> None:
+    def subscribe(self, callback: Callable[[Event], None], replay_early: bool = False) -> None:
+        if not replay_early:
+            with self._lock:
+                self._subscribers.append(callback)
+            return
         with self._lock:
-            self._subscribers.append(callback)
+            catch_up = _CatchUp(callback, list(self._early or ()))
+            self._early = None
+            self._subscribers.append(catch_up)
+        if self.early_dropped:
+            log.warning(
+                "%d early event(s) dropped before the telemetry started", self.early_dropped
+            )
+        catch_up.drain()
 
     def emit(self, event: Event) -> None:
         with self._lock:
             subscribers = list(self._subscribers)
+            if self._early is not None:
+                if len(self._early) < EARLY_EVENTS_MAX:
+                    self._early.append(event)
+                else:
+                    self.early_dropped += 1
         for callback in subscribers:
-            try:
-                callback(event)
-            except Exception:  # one broken subscriber must not hide the event from the rest
-                log.exception("event subscriber failed on %s", event.kind)
+            _deliver(callback, event)
+
+
+def _deliver(callback: Callable[[Event], None], event: Event) -> None:
+    try:
+        callback(event)
+    except Exception:  # one broken subscriber must not hide the event from the rest
+        log.exception("event subscriber failed on %s", event.kind)
+
+
+class _CatchUp:
+    """A late subscriber: the events it missed first, then the live ones, in order. Events
+    arriving while it catches up wait behind the missed ones."""
+
+    def __init__(self, callback: Callable[[Event], None], missed: list[Event]) -> None:
+        self._callback = callback
+        self._lock = threading.Lock()
+        self._pending: deque[Event] = deque(missed)
+        self._live = False
+
+    def __call__(self, event: Event) -> None:
+        with self._lock:
+            if not self._live:
+                self._pending.append(event)
+                return
+        _deliver(self._callback, event)
+
+    def drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._pending:
+                    self._live = True
+                    return
+                event = self._pending.popleft()
+            _deliver(self._callback, event)
 
 
 class DiscardSink:

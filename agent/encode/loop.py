@@ -130,7 +130,8 @@ class EncodeLoop:
         return {
             "encoder": self.encoder_name,
             "rung": self._rung.as_dict(),
-            "bitrate_bps_actual": round(self.last_bitrate_bps),
+            # measured per segment: unknown (null, never a 0 bit/s) before the first
+            "bitrate_bps_actual": round(self.last_bitrate_bps) if self.segments else None,
             "encode_ms_per_frame": round(self.load * 1000.0 / self._rung.fps, 2),
             "load": round(self.load, 3),
             "frames_out": self.frames_out,

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from agent.capture.frames import frame_size, planes
+from agent.core.timesync import utc_label
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 # Hershey simplex glyphs are ~22 px tall at scale 1.0; 0.045 of the frame height keeps a line at
@@ -28,7 +29,8 @@ Y_BLACK, Y_WHITE, UV_NEUTRAL = 16, 235, 128  # BT.601 limited range
 
 
 class Overlay:
-    """Stamps '<station>  YYYY-MM-DD HH:MM:SS' (local time) top-left of an I420 frame."""
+    """Stamps '<station>  YYYY-MM-DD HH:MM:SS UTC+2' (local time and its zone's offset, so
+    a viewer knows which time it is) top-left of an I420 frame."""
 
     def __init__(self, station_id: str) -> None:
         self._station_id = station_id
@@ -39,7 +41,11 @@ class Overlay:
         self._saved: list[tuple[np.ndarray, np.ndarray]] = []  # (box view, its original pixels)
 
     def text(self, now: datetime) -> str:
-        return f"{self._station_id}  {now:%Y-%m-%d %H:%M:%S}"
+        """The stamp for `now` (a naive `now` is this box's local time)."""
+        local = now if now.tzinfo is not None else now.astimezone()
+        offset = local.utcoffset()
+        zone = utc_label(0 if offset is None else round(offset.total_seconds()))
+        return f"{self._station_id}  {local:%Y-%m-%d %H:%M:%S} {zone}"
 
     def draw(self, i420: np.ndarray, width: int, height: int, now: datetime) -> None:
         self._stamp(i420, width, height, self.text(now), keep_original=False)
@@ -94,6 +100,10 @@ def render_patch(text: str, width: int, height: int) -> np.ndarray:
     thickness = max(1, round(text_px / 14))
     (tw, th), baseline = cv2.getTextSize(text, FONT, scale, thickness)
     pad = max(2, int(text_px * 0.3))
+    room = width - 2 * _margin(height) - 2 * pad
+    if tw > room > 0:  # a narrow frame: smaller letters rather than a clipped time zone
+        scale *= room / tw
+        (tw, th), baseline = cv2.getTextSize(text, FONT, scale, thickness)
     pw = min(tw + 2 * pad, width - 2 * _margin(height)) & ~1
     ph = (th + baseline + 2 * pad) & ~1
     patch = np.full((ph, pw), Y_BLACK, np.uint8)

@@ -8,7 +8,9 @@ emitted as events with the measured value and the threshold. `flags()` and `snap
 heartbeat. Time is always passed in (`now_s`, monotonic seconds); nothing here reads a clock.
 
 One cause, one alarm: while the picture is dark, washed out or covered, the conditions that
-need a usable picture (frozen, blurred, moved) are neither raised nor cleared.
+need a usable picture (frozen, blurred, moved) are neither raised nor cleared; in the agent,
+where the capture reports a lost camera itself (`camera_lost`), no_frames is not raised for
+it again (`loss_reported_elsewhere`).
 """
 
 from __future__ import annotations
@@ -188,10 +190,15 @@ class CameraHealth:
         sink: EventSink,
         reference: np.ndarray | None = None,
         expected_fps: float | None = None,
+        loss_reported_elsewhere: bool = False,
     ) -> None:
+        """`loss_reported_elsewhere`: whoever calls note_source_state(delivering=False) has
+        raised its own alarm for it (the capture's camera_lost); no_frames then stays as it
+        is while the source is lost, and covers a source that is open but sends nothing."""
         self._cfg = cfg
         self._sink = sink
         self._expected_fps = expected_fps
+        self._loss_reported_elsewhere = loss_reported_elsewhere
         self._interval_s = 1.0 / cfg.analysis_hz
         self._lock = threading.Lock()
         self._states = {
@@ -316,7 +323,8 @@ class CameraHealth:
         no_frames = (not self._delivering) or gap_s >= cfg.no_frames.gap_s
         self._values["no_frames"] = gap_s
         onset_s = last_s + cfg.no_frames.gap_s if self._delivering else None
-        events = self._update("no_frames", now_s, no_frames, onset_s)
+        lost_elsewhere = self._loss_reported_elsewhere and not self._delivering
+        events = self._update("no_frames", now_s, None if lost_elsewhere else no_frames, onset_s)
         while self._frame_times and self._frame_times[0] < now_s - FPS_WINDOW_S:
             self._frame_times.popleft()
         fps = self._fps()

@@ -69,14 +69,13 @@ def serve(
     Exit 2 when the agent cannot be set up (the message says why)."""
     secrets = load_secrets(cfg)
     command_key = load_command_key(cfg)
-    events = EventFanout()
+    events = EventFanout(keep_early=True)  # until the telemetry subscribes, after its start
     try:
         pipeline = Pipeline(cfg, secrets, events)
     except OSError as exc:  # e.g. a client certificate and key that do not match (ssl.SSLError)
         print(f"error: cannot set up the agent: {exc}", file=sys.stderr)
         return 2
     telemetry = _telemetry(cfg, pipeline, secrets.mqtt_password, command_key)
-    events.subscribe(telemetry.emit)
     notifier = SdNotifier(os.environ)  # systemd Type=notify; does nothing outside systemd
     faulthandler.enable()  # a watchdog abort leaves every thread's stack in the journal
     progress = ProgressWatchdog(cfg.watchdog.deadlines_s(), time.monotonic())
@@ -84,11 +83,14 @@ def serve(
     signals = _Signals()
     try:
         pipeline.start()  # first: the first heartbeat reads the spool, which start() opens
-        telemetry.start()
+        telemetry.start()  # queues agent_started
     except (SpoolError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         telemetry.stop(f"start failed: {exc}")
         return 2
+    # then every event since the pipeline was built (a config_problem, the spool's recovery,
+    # a camera that did not open), in order, and the rest as they come
+    events.subscribe(telemetry.emit, replay_early=True)
     notifier.ready(pipeline.status_line())
     deadline_s = None if duration_s is None else time.monotonic() + duration_s
 
@@ -163,7 +165,7 @@ def describe(status: dict[str, Any]) -> str:
     picture = picture_label(rung["height"], rung["fps"])
     return (
         f"{picture} {capture['state']} in {capture['fps_in']:.1f} fps | "
-        f"{format_bps(float(encode['bitrate_bps_actual']))}bit/s ({encode['encoder']}) | "
+        f"{format_bps(float(encode['bitrate_bps_actual'] or 0))}bit/s ({encode['encoder']}) | "
         f"segments {spool['segments']} on disk, {int(spool['bytes']) / 1e6:.1f} MB, "
         f"lost {spool['lost_segments']}" + _describe_uplink(status.get("uplink"))
     )

@@ -84,14 +84,15 @@ def heartbeat(
     seq: int,
     uptime_s: float,
     system: dict[str, Any],
+    clock: dict[str, Any],
     pipeline: dict[str, Any] | None,
     status_error: str | None,
     telemetry: dict[str, Any],
 ) -> dict[str, Any]:
     """`pipeline` is the pipeline's status snapshot; when taking it failed, `status_error`
-    says why and the pipeline sections are absent."""
+    says why and the pipeline sections are absent. `clock`: agent.core.timesync.clock_state."""
     body = _envelope("heartbeat", station_id, at_utc)
-    body.update(seq=seq, uptime_s=round(uptime_s, 3), system=system)
+    body.update(seq=seq, uptime_s=round(uptime_s, 3), system=system, clock=clock)
     if pipeline is not None:
         for section in PIPELINE_SECTIONS:
             if section in pipeline:

@@ -33,6 +33,7 @@ from typing import Any, TextIO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.core.events import Event, utc_now_iso
+from agent.core.timesync import clock_state
 from agent.telemetry import payloads
 from agent.telemetry.channel import ChannelHooks, CommandRequest, TelemetryChannel
 from agent.telemetry.commands import AuditGate, CommandHandler, CommandOutcome, CommandRouter
@@ -84,6 +85,7 @@ class Telemetry:
         build: str | None = None,
         spool_path: Path | None = None,
         heartbeat_s: float | None = None,
+        clock: Callable[[float], dict[str, Any]] = clock_state,
     ) -> None:
         self._channel = channel
         self._station_id = station_id
@@ -95,6 +97,7 @@ class Telemetry:
         self._started_utc = utc_now_iso()
         self._started_s = time.monotonic()
         self._system = SystemStats(spool_path)
+        self._clock = clock  # wall seconds -> the heartbeat's clock section
         self._router = CommandRouter(
             station_id, {**commands, "ping": self._ping}, channel.command_policy
         )
@@ -224,6 +227,7 @@ class Telemetry:
                 seq=self._heartbeat_seq,
                 uptime_s=time.monotonic() - self._started_s,
                 system=self._system.sample(),
+                clock=self._clock(time.time()),
                 pipeline=pipeline,
                 status_error=error,
                 telemetry=self.connection(),

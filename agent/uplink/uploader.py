@@ -408,6 +408,8 @@ class SegmentUploader:
 
     def status(self, now_s: float) -> dict[str, Any]:
         segments, seconds, nbytes, lag_s = self._spool.backlog(self.name)
+        # nothing upstream yet: no lag to tell (null, never a perfect 0.0: docs/telemetry.md)
+        lag = None if self._spool.newest_uploaded(self.name) is None else round(lag_s, 3)
         f = self.figures
         estimate = self.estimator.estimate_bps(now_s)
         return {
@@ -416,7 +418,7 @@ class SegmentUploader:
             "backlog_segments": segments,
             "backlog_s": round(seconds, 3),
             "backlog_bytes": nbytes,
-            "live_lag_s": round(lag_s, 3),
+            "live_lag_s": lag,
             "last_upload_utc": f.last_upload_utc,
             "consecutive_failures": self.schedule.consecutive_failures,
             "rejected": self.schedule.rejected,
