@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.capture.config import CaptureConfig
-from agent.capture.frames import to_i420
-from agent.capture.sources import FrameSource, SourceError
+from agent.capture.frames import FramePool, i420_from_av, to_i420
+from agent.capture.sources import CaptureSource, SourceError
 from agent.core.backoff import floor_jitter_s
 from agent.core.events import Event, EventSink, utc_now_iso
 from agent.core.redact import redact_text, redact_url, url_secrets
@@ -46,13 +46,17 @@ class CapturedFrame:
 
 
 class Capture:
-    """Owns the source. `latest()` returns the newest frame; older unread frames are dropped."""
+    """Owns the source. `latest()` returns the newest frame; older unread frames are dropped.
+
+    Frames live in reused buffers (FramePool): a buffer goes back to the pool when its frame
+    was dropped unread, or when the encoder, which holds the frame `latest()` gave it until its
+    next call, moves on. Anyone else takes a copy (`newest_copy()`)."""
 
     def __init__(
         self,
         cfg: CaptureConfig,
         sink: EventSink,
-        source_factory: Callable[[], FrameSource],
+        source_factory: Callable[[], CaptureSource],
         frame_hook: Callable[[np.ndarray], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -63,7 +67,9 @@ class Capture:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._lock = threading.Lock()
         self._latest: CapturedFrame | None = None
+        self._held: CapturedFrame | None = None  # what the encoder is working on
         self._consumed_index = -1
+        self._pool = FramePool()
         self._stop = threading.Event()
         self._restart = threading.Event()
         self._thread: threading.Thread | None = None
@@ -96,11 +102,24 @@ class Capture:
         self._restart.set()
 
     def latest(self) -> CapturedFrame | None:
+        """For the encoder (one caller): the newest frame, which stays untouched until the
+        next call; the frame it held before goes back to the pool."""
         with self._lock:
             frame = self._latest
             if frame is not None:
                 self._consumed_index = frame.index
+            if self._held is not None and self._held is not frame:
+                self._pool.give(self._held.image)
+            self._held = frame
             return frame
+
+    def newest_copy(self) -> CapturedFrame | None:
+        """The newest frame as a copy of its own (snapshots, the reference picture)."""
+        with self._lock:
+            frame = self._latest
+            if frame is None:
+                return None
+            return CapturedFrame(frame.index, frame.image.copy(), frame.captured_s)
 
     def fps_in(self, now_s: float) -> float:
         with self._lock:
@@ -157,7 +176,7 @@ class Capture:
             log.info("reopening %s in %.1f s (attempt %d)", self._shown_source, delay_s, attempt)
             self._stop.wait(delay_s)
 
-    def _read_until_failure(self, source: FrameSource, attempt: int) -> int:
+    def _read_until_failure(self, source: CaptureSource, attempt: int) -> int:
         last_frame_s = time.monotonic()
         while not self._stop.is_set() and not self._restart.is_set():
             image = source.read()
@@ -166,7 +185,15 @@ class Capture:
                 if now_s - last_frame_s > self._cfg.stall_timeout_s:
                     raise SourceError(f"no frame for {self._cfg.stall_timeout_s:.0f} s")
                 continue
-            image = to_i420(image)  # (BGR sources: converted once, here)
+            # into a pooled buffer: decoded frames copied once, BGR converted once
+            if not isinstance(image, np.ndarray):
+                image = i420_from_av(image, self._pool.take)
+            elif image.ndim == 3:
+                image = to_i420(image, self._pool.take)
+            else:  # already I420: a copy of our own all the same (the pool reuses it)
+                own = self._pool.take((image.shape[0], image.shape[1]))
+                np.copyto(own, image)
+                image = own
             if self._frame_hook is not None:
                 self._frame_hook(image)
             last_frame_s = now_s
@@ -176,8 +203,11 @@ class Capture:
 
     def _deliver(self, image: np.ndarray, now_s: float) -> None:
         with self._lock:
-            if self._latest is not None and self._latest.index != self._consumed_index:
+            old = self._latest
+            if old is not None and old.index != self._consumed_index:
                 self.frames_dropped += 1
+            if old is not None and old is not self._held:
+                self._pool.give(old.image)  # dropped unread
             index = self.frames_in
             self._latest = CapturedFrame(index, image, now_s)
             self.frames_in += 1

@@ -21,7 +21,7 @@ from agent.adapt.ladder import Rung, build_ladder
 from agent.adapt.throughput import ThroughputEstimator
 from agent.capture.capture import Capture
 from agent.capture.privacy import PrivacyMasker
-from agent.capture.sources import open_source
+from agent.capture.sources import open_capture_source
 from agent.core.config import Secrets
 from agent.core.events import Event, EventFanout
 from agent.core.redact import redact_url
@@ -115,9 +115,9 @@ class Pipeline:
         self.capture = Capture(
             capture_cfg,
             events,
-            source_factory=lambda: open_source(
-                capture_cfg.source, capture_cfg.width, capture_cfg.height, capture_cfg.fps, True
-            ),  # native_yuv: files and IP cameras deliver I420
+            source_factory=lambda: open_capture_source(
+                capture_cfg.source, capture_cfg.width, capture_cfg.height, capture_cfg.fps
+            ),
             frame_hook=self.masker.apply if self.masker.active_count else None,
         )
         self.encode = EncodeLoop(
