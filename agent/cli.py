@@ -27,6 +27,7 @@ from agent.tools.terminal import narrow_help
 log = logging.getLogger("agent")
 
 # The technicians' commands: each module adds its subcommand through `add_parser(subparsers)`.
+SERVICE_COMMANDS = ("run", "demo")  # these log at INFO; the tools only warnings and errors
 TOOL_MODULES = (spool_cli, health_cli, mask_cli, check_cli, provision_cli, verify_cli)
 
 
@@ -70,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logs.configure_logging(verbose=args.verbose)  # journald priorities under systemd
+    # journald priorities under systemd; the technicians' commands print their own lines
+    logs.configure_logging(verbose=args.verbose, tool=args.command not in SERVICE_COMMANDS)
     redact_logging()  # no log line carries a URL's password or token (agent/core/redact.py)
     try:
         return int(args.func(args))

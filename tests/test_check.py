@@ -262,7 +262,13 @@ def fake_system(answers: dict[str, tuple[int, str]]) -> System:
     def run(argv: list[str], _timeout_s: float) -> tuple[int, str]:
         return answers.get(" ".join(argv[:2]), (1, ""))
 
-    return System(run=run, systemd=lambda: True)
+    # NTP from timedatectl (the kernel's state unknown), a time zone set
+    return System(
+        run=run,
+        systemd=lambda: True,
+        ntp_synchronized=lambda: None,
+        time_zone=lambda: "Europe/Berlin",
+    )
 
 
 def test_service_check_under_systemd() -> None:

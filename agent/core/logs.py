@@ -28,6 +28,7 @@ os.environ.setdefault(OPENCV_LOG_LEVEL, "ERROR")  # before cv2 is imported (agen
 
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 JOURNAL_FORMAT = "%(name)s: %(message)s"
+TOOL_FORMAT = "%(levelname)s: %(message)s"  # a technician's command: "warning: ..."
 # Loggers of libraries that log every request at INFO: shown only with -v.
 CHATTY_LIBRARIES = ("httpx", "httpcore")
 # sd-daemon(3) priorities, from syslog(3): 2 crit, 3 err, 4 warning, 6 info, 7 debug.
@@ -75,11 +76,25 @@ def journal_stream(environ: Mapping[str, str], stream: TextIO) -> bool:
     return st.st_dev == int(device) and st.st_ino == int(inode)
 
 
-def make_handler(environ: Mapping[str, str], stream: TextIO) -> logging.Handler:
-    """A handler writing to `stream`, journald-style when it is the journal stream."""
+class ToolFormatter(logging.Formatter):
+    """`warning: message` for the technicians' commands, whose output is read, not filed."""
+
+    def __init__(self) -> None:
+        super().__init__(TOOL_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        return record.levelname.lower() + line[len(record.levelname) :]
+
+
+def make_handler(environ: Mapping[str, str], stream: TextIO, tool: bool = False) -> logging.Handler:
+    """A handler writing to `stream`, journald-style when it is the journal stream, short
+    for a `tool` (a technician's command) otherwise."""
     handler = logging.StreamHandler(stream)
     if journal_stream(environ, stream):
         handler.setFormatter(JournalFormatter())
+    elif tool:
+        handler.setFormatter(ToolFormatter())
     else:
         handler.setFormatter(logging.Formatter(PLAIN_FORMAT))
     return handler
@@ -89,17 +104,20 @@ def configure_logging(
     verbose: bool = False,
     environ: Mapping[str, str] | None = None,
     stream: TextIO | None = None,
+    tool: bool = False,
 ) -> logging.Handler | None:
     """Logging for a command: a handler on stderr (see make_handler), the level, libraries
-    quiet unless `verbose`. Like logging.basicConfig it adds no handler when the root logger
-    has one already (a test harness's); it returns the handler it added."""
+    quiet unless `verbose`. A `tool` (check, provision, mask...) logs warnings and errors
+    only: its own lines are the output. Like logging.basicConfig it adds no handler when the
+    root logger has one already (a test harness's); it returns the handler it added."""
     environ = os.environ if environ is None else environ
     root = logging.getLogger()
     handler = None
     if not root.handlers:
-        handler = make_handler(environ, sys.stderr if stream is None else stream)
+        handler = make_handler(environ, sys.stderr if stream is None else stream, tool)
         root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    quiet = logging.WARNING if tool else logging.INFO
+    root.setLevel(logging.DEBUG if verbose else quiet)
     for name in CHATTY_LIBRARIES:
         logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
     quiet_opencv(verbose)

@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,8 +31,10 @@ from agent.adapt.ladder import Rung, build_ladder
 from agent.capture.privacy import PrivacyMasker, coverage_share
 from agent.capture.sources import SourceError, TestPatternSource, open_source
 from agent.core.config import ConfigError, Secrets
+from agent.core.durable import write_atomic
 from agent.core.events import DiscardSink
 from agent.core.redact import redact_data, redact_text, redact_url
+from agent.core.timesync import kernel_max_error_us, synchronized, zone_name
 from agent.encode.encoder import PTS_HZ, EncoderError, open_video_encoder
 from agent.health.camera import CameraHealth, read_reference
 from agent.service.config import AgentConfig, load_config, load_secrets, plaintext_credentials
@@ -71,6 +73,12 @@ NO_CAMERA_FIX = (
     "Check that the camera's USB cable is plugged in; `ls /dev/video*` should list it. "
     "Try another USB port, then run check again."
 )
+# a camera that is there but does not open or deliver: another program may hold it
+CAMERA_BUSY_FIX = (
+    f"{NO_CAMERA_FIX} Only one program can use the camera: if the service runs, run check "
+    f"with --pause-service (or `sudo systemctl stop {SERVICE}` first)."
+)
+SNAPSHOT_MODE = 0o600  # the room as the camera sees it: the technician's eyes only
 
 
 @dataclass(frozen=True)
@@ -117,6 +125,33 @@ class System:
     wall_s: Callable[[], float] = time.time
     run: Callable[[list[str], float], tuple[int, str]] = run_command
     systemd: Callable[[], bool] = systemd_running
+    # the kernel's NTP state (adjtimex; None: cannot tell) and the time zone's name
+    ntp_synchronized: Callable[[], bool | None] = lambda: synchronized(kernel_max_error_us())
+    time_zone: Callable[[], str | None] = zone_name
+
+
+@dataclass(frozen=True)
+class Technician:
+    """Who ran the command through sudo: their home folder gets the snapshot, theirs to
+    copy with scp (the state folder is the service's, 0700)."""
+
+    home: Path
+    uid: int
+    gid: int
+
+
+def sudo_technician(
+    environ: Mapping[str, str], home_of: Callable[[int], Path] | None = None
+) -> Technician | None:
+    """The user behind `sudo` (SUDO_UID/SUDO_GID, which sudo sets), or None."""
+    uid, gid = environ.get("SUDO_UID", ""), environ.get("SUDO_GID", "")
+    if not uid.isdigit() or not gid.isdigit() or int(uid) == 0:
+        return None
+    try:
+        home = home_of(int(uid)) if home_of else Path(pwd.getpwuid(int(uid)).pw_dir)
+    except KeyError:
+        return None
+    return Technician(home, int(uid), int(gid)) if home.is_dir() else None
 
 
 @dataclass
@@ -137,6 +172,7 @@ class CheckOptions:
     pause_service: bool = False  # stop the service for the camera checks, start it at the end
     public_key: str | None = None  # the station key central staff hold (base64, PEM or a file)
     system: System = field(default_factory=System)
+    technician: Technician | None = None  # run through sudo: the snapshot goes to their home
 
 
 def top_rung(cfg: AgentConfig) -> Rung:
@@ -184,7 +220,7 @@ def redact_result(result: CheckResult, secrets: list[str]) -> CheckResult:
 
 def _camera_fix(source: str) -> str:
     if source.startswith("v4l2:"):
-        return NO_CAMERA_FIX
+        return CAMERA_BUSY_FIX
     if source.startswith("file:"):
         return (
             f"The video file {source.removeprefix('file:')} does not exist: fix [capture] source."
@@ -266,7 +302,11 @@ def default_snapshot_dir(cfg: AgentConfig) -> Path:
 
 
 def check_picture(
-    cfg: AgentConfig, sample: CameraSample | None, snapshot_dir: Path | None, system: System
+    cfg: AgentConfig,
+    sample: CameraSample | None,
+    snapshot_dir: Path | None,
+    system: System,
+    technician: Technician | None = None,
 ) -> CheckResult:
     if sample is None:
         return CheckResult("picture", "SKIP", "skipped: no frames from the camera")
@@ -293,7 +333,7 @@ def check_picture(
         measured.append(dict(health.snapshot()["metrics"]))
     metrics = best_of(measured)
     share = coverage_share(cfg.privacy)
-    snapshot = _save_snapshot(cfg, sample.frames[-1], snapshot_dir, system)
+    snapshot = _save_snapshot(cfg, sample.frames[-1], snapshot_dir, system, technician)
     count = len(cfg.privacy.masks)
     masks = f"{count} privacy mask(s) hide {share:.1%} of the frame" if count else "no masks"
     data: dict[str, Any] = {"snapshot": str(snapshot) if snapshot else None}
@@ -336,9 +376,10 @@ def judge_picture(
         return "FAIL", f"lens looks covered ({covered:.0%} of the picture blank)", fix
     target = ref_path or Path("/etc/station-agent") / "reference.png"
     retake = (
-        "take a new reference picture with `sudo systemctl stop station-agent; sudo station-agent "
-        f"health {redact_url(cfg.capture.source)} --config {target.parent / 'config.toml'} "
-        f"--take-reference {target}; sudo systemctl start station-agent`"
+        f"take a new reference picture: `sudo systemctl stop {SERVICE}`, then `sudo "
+        f"station-agent health {redact_url(cfg.capture.source)} --config "
+        f"{target.parent / 'config.toml'} --take-reference {target}`, then `sudo systemctl "
+        f"start {SERVICE}`"
     )
     if ref_problem is not None or ref_path is None:
         why = ref_problem or "no reference picture configured"
@@ -361,15 +402,28 @@ def judge_picture(
 
 
 def _save_snapshot(
-    cfg: AgentConfig, frame: np.ndarray, snapshot_dir: Path | None, system: System
+    cfg: AgentConfig,
+    frame: np.ndarray,
+    snapshot_dir: Path | None,
+    system: System,
+    technician: Technician | None = None,
 ) -> Path | None:
-    folder = snapshot_dir or default_snapshot_dir(cfg)
+    """The masked snapshot, 0600: in `snapshot_dir`, else the home of the technician who ran
+    check through sudo (theirs, for scp), else next to the spool."""
+    if snapshot_dir is None and technician is not None:
+        folder: Path = technician.home
+    else:
+        folder, technician = snapshot_dir or default_snapshot_dir(cfg), None
     stamp = datetime.fromtimestamp(system.wall_s(), UTC).strftime("%Y%m%d-%H%M%S")
     path = folder / f"check-{cfg.station_id}-{stamp}.jpg"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        if cv2.imwrite(str(path), render_preview(frame, cfg.privacy)):
-            return path
+        ok, data = cv2.imencode(".jpg", render_preview(frame, cfg.privacy))
+        if not ok:
+            return None
+        owner = None if technician is None else (technician.uid, technician.gid)
+        write_atomic(path, data.tobytes(), mode=SNAPSHOT_MODE, owner=owner)
+        return path
     except (OSError, cv2.error) as exc:
         log.warning("cannot save the snapshot in %s: %s", folder, exc)
     return None

@@ -1,15 +1,20 @@
 """`station-agent check`: run the pre-flight list in order and print it.
 
+    sudo station-agent check --pause-service
     station-agent check [--config FILE] [--json] [--snapshot-dir DIR] [--hours H]
 
-Each line: PASS / WARN / FAIL (SKIP when what it needs failed earlier), the check's name, what
-was measured and, below a WARN or FAIL, the fix. Exit code 0 only when nothing FAILs.
+Each line: PASS / WARN / FAIL (SKIP when what it needs failed earlier), the
+check's name, what was measured and, below a WARN or FAIL, the fix. Exit code 0
+only when nothing FAILs. Run through sudo, the masked snapshot goes to your home
+folder (yours, to copy with scp).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
@@ -33,14 +38,17 @@ from agent.tools.check import (
     check_service,
     check_spool,
     redact_result,
+    sudo_technician,
 )
 from agent.tools.check_rtmp import RTMP_LIMIT_S, check_rtmp
 from agent.tools.station_key import SIGNING_LIMIT_S, check_signing
+from agent.tools.terminal import Waiting, paint, use_colour, wrap
 
 NEED_CONFIG = (
     "camera", "picture", "encoder", "upload", "throughput", "mqtt", "clock", "spool", "signing",
 )  # fmt: skip
 STOP_START_TIMEOUT_S = 90.0  # TimeoutStartSec of the unit is 60 s
+DETAIL_COLUMN = 18  # "PASS  throughput  " : where the detail and the fix start
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -78,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         hours=args.hours,
         pause_service=args.pause_service,
         public_key=args.public_key,
+        technician=sudo_technician(os.environ),
     )
     return check_and_print(options, as_json=args.json)
 
@@ -85,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
 def check_and_print(options: CheckOptions, as_json: bool = False) -> int:
     """Runs the list, prints it (lines as they come, or one JSON object); the exit code."""
     if not as_json:
-        print(f"station-agent check: {options.config_path}", flush=True)
+        print(wrap(f"station-agent check: {options.config_path}", indent=4), flush=True)
     results = run_checks(options, on_result=None if as_json else print_line)
     ok = not any(r.result == "FAIL" for r in results)
     if as_json:
@@ -95,15 +104,20 @@ def check_and_print(options: CheckOptions, as_json: bool = False) -> int:
     return 0 if ok else 1
 
 
-def format_line(result: CheckResult) -> str:
-    line = f"{result.result:<4}  {result.name:<10}  {result.detail}"
+def format_line(result: CheckResult, colour: bool = False) -> str:
+    """The result at most 80 columns wide: the detail and the fix wrap under column 18."""
+    head = f"{result.result:<4}  {result.name:<10}  "
+    text = wrap(head + result.detail, indent=DETAIL_COLUMN)
+    if colour:
+        text = paint(result.result, True) + text[len(result.result) :]
     if result.fix and result.result in ("WARN", "FAIL"):
-        line += f"\n{'':16}fix: {result.fix}"
-    return line
+        fix = wrap(f"fix: {result.fix}", indent=DETAIL_COLUMN, first_indent=DETAIL_COLUMN)
+        text += "\n" + fix
+    return text
 
 
 def print_line(result: CheckResult) -> None:
-    print(format_line(result), flush=True)
+    print(format_line(result, use_colour(sys.stdout)), flush=True)
 
 
 def summary(results: list[CheckResult]) -> str:
@@ -138,7 +152,7 @@ def run_checks(
         loaded.append((cfg, secrets))
         return result
 
-    add(bounded("config", LIMITS_S["config"], config_check))
+    add(checking("config", LIMITS_S["config"], config_check))
     cfg, secrets = loaded[0] if loaded else (None, None)
     if cfg is not None and secrets is not None:
         hidden.extend(secret_values(cfg, secrets))
@@ -148,15 +162,21 @@ def run_checks(
     if cfg is None or secrets is None:
         for name in NEED_CONFIG:
             if name == "clock":  # timedatectl needs no config
-                add(bounded(name, LIMITS_S[name], lambda: check_net.check_clock(None, system)))
+                add(checking(name, LIMITS_S[name], lambda: check_net.check_clock(None, system)))
             else:
                 add(CheckResult(name, "SKIP", "skipped: config invalid"))
     else:
         _config_checks(cfg, secrets, options, add)
     if paused:
         system.run(["systemctl", "start", SERVICE], STOP_START_TIMEOUT_S)
-    add(bounded("service", LIMITS_S["service"], lambda: check_service(system)))
+    add(checking("service", LIMITS_S["service"], lambda: check_service(system)))
     return results
+
+
+def checking(name: str, limit_s: float, work: Callable[[], CheckResult]) -> CheckResult:
+    """One check, within its limit (`bounded`), saying so on stderr if it takes a while."""
+    with Waiting(f"checking {name}", limit_s):
+        return bounded(name, limit_s, work)
 
 
 def _config_checks(
@@ -170,7 +190,7 @@ def _config_checks(
         samples.append(sample)
         return result
 
-    result = bounded("camera", LIMITS_S["camera"], camera)
+    result = checking("camera", LIMITS_S["camera"], camera)
     if result.result == "FAIL" and not options.pause_service and _service_active(options):
         fix = (
             f"The running service is using the camera: run `sudo station-agent check "
@@ -180,31 +200,36 @@ def _config_checks(
     add(result)
     sample = samples[0] if samples else None
     snapshot_dir = options.snapshot_dir
+    technician = options.technician
     add(
-        bounded(
-            "picture", LIMITS_S["picture"], lambda: check_picture(cfg, sample, snapshot_dir, system)
+        checking(
+            "picture",
+            LIMITS_S["picture"],
+            lambda: check_picture(cfg, sample, snapshot_dir, system, technician),
         )
     )
-    add(bounded("encoder", LIMITS_S["encoder"], lambda: check_encoder(cfg, sample, system)))
-    upload = bounded("upload", LIMITS_S["upload"], lambda: check_net.check_upload(cfg, secrets))
+    add(checking("encoder", LIMITS_S["encoder"], lambda: check_encoder(cfg, sample, system)))
+    upload = checking("upload", LIMITS_S["upload"], lambda: check_net.check_upload(cfg, secrets))
     add(upload)
     if upload.result == "FAIL":
         add(CheckResult("throughput", "SKIP", "skipped: the upload check failed"))
     else:
         add(
-            bounded(
+            checking(
                 "throughput",
                 LIMITS_S["throughput"],
                 lambda: check_net.check_throughput(cfg, secrets, system),
             )
         )
     for name, _ in cfg.uplink.rtmp_outputs():  # one line per live output; none without any
-        add(bounded("rtmp", RTMP_LIMIT_S, partial(check_rtmp, cfg, secrets, name)))
-    add(bounded("mqtt", LIMITS_S["mqtt"], lambda: check_net.check_mqtt(cfg, secrets)))
-    add(bounded("clock", LIMITS_S["clock"], lambda: check_net.check_clock(cfg, system)))
-    add(bounded("spool", LIMITS_S["spool"], lambda: check_spool(cfg, options.hours)))
+        add(checking("rtmp", RTMP_LIMIT_S, partial(check_rtmp, cfg, secrets, name)))
+    add(checking("mqtt", LIMITS_S["mqtt"], lambda: check_net.check_mqtt(cfg, secrets)))
+    add(checking("clock", LIMITS_S["clock"], lambda: check_net.check_clock(cfg, system)))
+    add(checking("spool", LIMITS_S["spool"], lambda: check_spool(cfg, options.hours)))
     add(
-        bounded("signing", SIGNING_LIMIT_S, lambda: check_signing(cfg, secrets, options.public_key))
+        checking(
+            "signing", SIGNING_LIMIT_S, lambda: check_signing(cfg, secrets, options.public_key)
+        )
     )
 
 

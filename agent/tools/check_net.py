@@ -21,6 +21,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.adapt.ladder import build_ladder, format_bps
 from agent.core.config import Secrets
+from agent.core.timesync import format_offset, is_utc, utc_label, utc_offset_s
 from agent.service.config import AgentConfig
 from agent.telemetry.mqtt import describe_connect_error
 from agent.tools.check import CheckResult, System, top_rung
@@ -318,29 +319,58 @@ def _http_date_offset_s(cfg: AgentConfig, system: System) -> tuple[float, float]
     return server_s - after_s, server_s + 1.0 - before_s
 
 
-def check_clock(cfg: AgentConfig | None, system: System) -> CheckResult:
-    ntp: str | None = None
+FIX_NTP = (
+    "Connect the box to the internet and enable time sync: "
+    "`sudo timedatectl set-ntp true`, then wait a minute and check again."
+)
+FIX_ZONE = (
+    "The picture shows UTC time. If the station is not on UTC, set its time zone, e.g. "
+    "`sudo timedatectl set-timezone Europe/Berlin` (`timedatectl list-timezones` lists them), "
+    "then `sudo systemctl restart station-agent`."
+)
+
+
+def ntp_state(system: System) -> str | None:
+    """`yes`, `no` or None (cannot tell): from the kernel (adjtimex, works without systemd),
+    else from timedatectl."""
+    synced = system.ntp_synchronized()
+    if synced is not None:
+        return "yes" if synced else "no"
     if system.systemd():
         code, out = system.run(["timedatectl", "show", "-p", "NTPSynchronized", "--value"], 5.0)
-        ntp = out if code == 0 and out in ("yes", "no") else None
+        return out if code == 0 and out in ("yes", "no") else None
+    return None
+
+
+def check_clock(cfg: AgentConfig | None, system: System) -> CheckResult:
+    """The clock against NTP and the upload server's Date, and the time zone the overlay
+    shows (WARN on UTC: the box was probably never given its zone)."""
+    result = _clock_sync(cfg, system, ntp_state(system))
+    zone = system.time_zone()
+    offset_s = utc_offset_s(system.wall_s())
+    detail = f"{result.detail}; time zone {zone or 'not set'} ({utc_label(offset_s)})"
+    data = result.data | {"time_zone": zone, "utc_offset": format_offset(offset_s)}
+    if not is_utc(zone) or result.result == "FAIL":
+        return CheckResult("clock", result.result, detail, result.fix, data)
+    fix = FIX_ZONE if result.fix is None else f"{result.fix} {FIX_ZONE}"
+    return CheckResult("clock", "WARN", detail, fix, data)
+
+
+def _clock_sync(cfg: AgentConfig | None, system: System, ntp: str | None) -> CheckResult:
     offset = _http_date_offset_s(cfg, system) if cfg is not None else None
-    fix_ntp = (
-        "Connect the box to the internet and enable time sync: "
-        "`sudo timedatectl set-ntp true`, then wait a minute and check again."
-    )
     if offset is not None and (offset[0] > CLOCK_TOLERANCE_S or offset[1] < -CLOCK_TOLERANCE_S):
         ahead = offset[1] < 0
         diff_s = -offset[1] if ahead else offset[0]
         detail = f"clock is {diff_s:.0f} s {'ahead of' if ahead else 'behind'} the upload server"
-        return CheckResult("clock", "FAIL", detail, fix_ntp, {"offset_s": list(offset)})
+        return CheckResult("clock", "FAIL", detail, FIX_NTP, {"offset_s": list(offset)})
     within = "within 1 s of the upload server (HTTP Date)" if offset is not None else None
     if ntp == "yes":
         detail = "NTP synchronised" + (f", {within}" if within else "")
         return CheckResult("clock", "PASS", detail, data={"ntp": ntp})
     if ntp == "no":
         detail = "NTP not synchronised" + (f" (now {within})" if within else "")
-        return CheckResult("clock", "WARN", detail, fix_ntp, {"ntp": ntp})
+        return CheckResult("clock", "WARN", detail, FIX_NTP, {"ntp": ntp})
     if within:
         return CheckResult("clock", "PASS", within, data={"offset_s": list(offset or ())})
     fix = "Cannot tell: make sure time sync is on (`timedatectl`) and the upload URL answers."
-    return CheckResult("clock", "WARN", "unknown (no timedatectl, no HTTP Date)", fix)
+    return CheckResult("clock", "WARN", "NTP state unknown, no HTTP Date to compare", fix)
