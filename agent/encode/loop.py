@@ -84,7 +84,7 @@ class EncodeLoop:
         self._sink = sink
         self._stale_after_s = stale_after_s
         self._observers = observers or []
-        self._packet_observers = packet_observers or []
+        self.packet_observers = packet_observers or []  # more may be added before start()
         self._glass_s: dict[int, float] = {}  # pts -> capture time, for the packet observers
         self.observer_errors = 0
         self._clock = clock
@@ -258,7 +258,7 @@ class EncodeLoop:
     def _emit(self, packets: list[av.Packet], encoder: VideoEncoder) -> None:
         """Packets to the packet observers first (muxing takes the packets' data), then to the
         segment."""
-        if self._packet_observers:
+        if self.packet_observers:
             for packet in packets:
                 self._observe_packet(packet, encoder)
         self._writer.add(packets)
@@ -275,7 +275,7 @@ class EncodeLoop:
             extradata=encoder.extradata,
             captured_s=self._glass_s.pop(packet.pts, self._clock()),
         )
-        for observe in self._packet_observers:
+        for observe in self.packet_observers:
             try:
                 observe(item)
             except Exception:  # an output's bug must never stop the recording
@@ -300,7 +300,7 @@ class EncodeLoop:
         picture of frame `pts` was captured."""
         w, h = rung.width, rung.height
         stale = frame is None or now_s - frame.captured_s > self._stale_after_s
-        if self._packet_observers:
+        if self.packet_observers:
             self._glass_s[pts] = now_s if frame is None or stale else frame.captured_s
             if len(self._glass_s) > GLASS_TIMES_KEPT:
                 del self._glass_s[next(iter(self._glass_s))]
