@@ -24,7 +24,8 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     ("mutate", "key", "words"),
     [
         (lambda d: d.pop("station_id"), "station_id", "required"),
-        (lambda d: d.update(station_id="bad id/1"), "station_id", "pattern"),
+        # plain words, not the regular expression (issue 16)
+        (lambda d: d.update(station_id="bad id/1"), "station_id", "letters (a-z, A-Z), digits"),
         (lambda d: d["capture"].update(fps="thirty"), "capture.fps", "integer"),
         (lambda d: d["capture"].update(fps=240), "capture.fps", "less than or equal"),
         (lambda d: d["capture"].update(width=641), "capture.width", "even"),

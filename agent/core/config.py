@@ -223,21 +223,28 @@ def describe_validation_error(exc: ValidationError) -> str:
     offending value (a URL's password or token, any value of a *password*/*token* key) are
     replaced by ***, in the echoed value and in the validator's own words alike."""
     errors = exc.errors()
-    first = errors[0]
-    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    kind = first["type"]
-    value = first.get("input")
-    secrets = _value_secrets(first["loc"], value)
-    if kind == "missing":
-        what = "is required but missing"
-    elif kind == "extra_forbidden":
-        what = "is not a known setting (check the spelling)"
-    else:
-        what = first["msg"].removeprefix("Value error, ")
-        if "input" in first and not isinstance(value, dict | list | tuple):
-            what += f" (got {_echo(first['loc'], value)})"
+    key, what = describe_validation_errors(exc)[0]
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-    return redact_text(f"key '{key}': {what}{more}", secrets)
+    return f"key '{key}': {what}{more}"
+
+
+def describe_validation_errors(exc: ValidationError) -> list[tuple[str, str]]:
+    """Every problem as (key 'a.b', what is wrong), redacted as describe_validation_error."""
+    described = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        kind = error["type"]
+        value = error.get("input")
+        if kind == "missing":
+            what = "is required but missing"
+        elif kind == "extra_forbidden":
+            what = "is not a known setting (check the spelling)"
+        else:
+            what = error["msg"].removeprefix("Value error, ")
+            if "input" in error and not isinstance(value, dict | list | tuple):
+                what += f" (got {_echo(error['loc'], value)})"
+        described.append((key, redact_text(what, _value_secrets(error["loc"], value))))
+    return described
 
 
 def _is_secret_key(loc: tuple[int | str, ...]) -> bool:

@@ -9,6 +9,7 @@ is wrong, so the CLI can print it and exit 2.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import AfterValidator, Field, SecretStr, ValidationError
 
 from agent.adapt.ladder import AdaptConfig
 from agent.capture.config import CaptureConfig
@@ -42,6 +43,19 @@ DEFAULT_CONFIG_PATH = Path("/etc/station-agent/config.toml")
 # Letters, digits, . _ - and a letter or digit first: the id names a folder (provision), a URL
 # path level and MQTT topic levels, so "." and ".." (the parent folder) must never pass.
 STATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+STATION_ID_WORDS = (
+    "must be 1 to 64 letters (a-z, A-Z), digits, dots, dashes or underscores, starting with "
+    "a letter or a digit, e.g. AZ-0001"
+)
+
+
+def _station_id(value: str) -> str:
+    """The station id, refused in plain words (not as the regular expression)."""
+    if not re.fullmatch(STATION_ID_PATTERN, value):
+        raise ValueError(STATION_ID_WORDS)
+    return value
+
+
 # A station's config is a few KiB (with privacy masks a few tens); a bigger file is not a
 # config, and is not read whole.
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -77,7 +91,7 @@ class WatchdogConfig(Section):
 
 
 class AgentConfig(Section):
-    station_id: Annotated[str, Field(pattern=STATION_ID_PATTERN)]
+    station_id: Annotated[str, AfterValidator(_station_id)]
     capture: CaptureConfig = CaptureConfig()
     encode: EncodeConfig = EncodeConfig()
     spool: SpoolConfig = SpoolConfig()

@@ -24,7 +24,7 @@ import tomlkit
 from pydantic import SecretStr, ValidationError
 
 from agent.capture.privacy import PrivacyConfig, PrivacyMasker
-from agent.core.config import ConfigError, describe_validation_error, read_secret
+from agent.core.config import ConfigError, describe_validation_errors, read_secret
 from agent.core.durable import write_atomic
 from agent.health.camera import encode_reference
 from agent.service.config import DEFAULT_CONFIG_PATH, AgentConfig, load_toml
@@ -65,7 +65,12 @@ INT_COLUMNS = ("width", "height", "fps")
 
 
 class ProvisionError(Exception):
-    """A value the technician can fix; the message is one line naming where it came from."""
+    """Values the technician can fix: `problems` holds every one found (all of a roster's),
+    each one line naming where it came from; str() is the first."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__(problems[0] if problems else "invalid input")
+        self.problems = list(problems) or [str(self)]
 
 
 @dataclass(frozen=True)
@@ -123,10 +128,11 @@ def config_data(values: StationValues, install_dir: Path, reference: bool) -> di
 
 
 def validate(values: StationValues, install_dir: Path, name_of: Callable[[str], str]) -> None:
-    """Raises ProvisionError naming the flag/column (`name_of(config key)`) of the first bad
+    """Raises ProvisionError naming the flag/column (`name_of(config key)`) of every bad
     value."""
+    problems: list[str] = []
     if values.mqtt_password is not None and not values.mqtt_url:
-        raise ProvisionError(f"{name_of('mqtt.url')}: an MQTT password needs an MQTT URL")
+        problems.append(f"{name_of('mqtt.url')}: an MQTT password needs an MQTT URL")
     in_clear = (
         ("uplink.http.url", "an upload token", "https://", values.upload_token, values.upload_url),
         ("mqtt.url", "an MQTT password", "mqtts://", values.mqtt_password, values.mqtt_url or ""),
@@ -134,18 +140,20 @@ def validate(values: StationValues, install_dir: Path, name_of: Callable[[str], 
     for key, what, secure, secret, url in in_clear:
         scheme = secure.replace("s://", "://")
         if secret is not None and url.startswith(scheme) and not values.allow_insecure:
-            raise ProvisionError(
+            problems.append(
                 f"{name_of(key)}: {what} over {scheme} is sent in clear: use {secure} "
                 "(or --allow-insecure, for a test set-up only)"
             )
     try:
         AgentConfig.model_validate(config_data(values, install_dir, reference=True))
     except ValidationError as exc:
-        loc = ".".join(str(part) for part in exc.errors()[0]["loc"])
-        key = max((k for k in FIELDS if loc == k or loc.startswith(k + ".")), key=len, default="")
-        message = describe_validation_error(exc)
-        what = message.split(": ", 1)[1] if ": " in message else message
-        raise ProvisionError(f"{name_of(key) if key else loc}: {what}") from None
+        for loc, what in describe_validation_errors(exc):
+            key = max(
+                (k for k in FIELDS if loc == k or loc.startswith(k + ".")), key=len, default=""
+            )
+            problems.append(f"{name_of(key) if key else loc}: {what}")
+    if problems:
+        raise ProvisionError(*problems)
 
 
 def config_text(values: StationValues, data: dict[str, Any], privacy: PrivacyConfig | None) -> str:
@@ -267,58 +275,85 @@ class RosterRow:
 
 
 def read_roster(path: Path) -> list[RosterRow]:
+    """The roster's station rows; ProvisionError with every problem of its shape (columns,
+    rows with too many cells, station ids twice)."""
     try:
         text = path.read_text(encoding="utf-8-sig")  # spreadsheets add a BOM
     except (OSError, UnicodeDecodeError) as exc:
         raise ProvisionError(f"{path}: cannot read the roster: {exc}") from None
     reader = csv.DictReader(text.splitlines())
     header = [h.strip() for h in reader.fieldnames or []]
-    for column in header:
-        if column not in ROSTER_COLUMNS:
-            known = ", ".join(ROSTER_COLUMNS)
-            raise ProvisionError(f"{path}: unknown column {column!r} (known: {known})")
-    for column in REQUIRED_COLUMNS:
-        if column not in header:
-            raise ProvisionError(f"{path}: the column {column!r} is missing")
+    problems = [
+        f"{path.name}: unknown column {column!r} (known: {', '.join(ROSTER_COLUMNS)})"
+        for column in header
+        if column not in ROSTER_COLUMNS
+    ]
+    problems += [
+        f"{path.name}: the column {column!r} is missing"
+        for column in REQUIRED_COLUMNS
+        if column not in header
+    ]
+    if problems:
+        raise ProvisionError(*problems)
     rows: list[RosterRow] = []
     seen: dict[str, int] = {}
     for raw in reader:
         if None in raw:
-            raise ProvisionError(f"{path} row {reader.line_num}: more cells than columns")
+            problems.append(f"{path.name} row {reader.line_num}: more cells than columns")
+            continue
         cells = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
         if not any(cells.values()):
             continue  # blank line
         sid = cells.get("station_id", "")
-        if sid in seen:
-            raise ProvisionError(
-                f"{path} row {reader.line_num}, column station_id: {sid!r} is also in row "
+        if sid and sid in seen:
+            problems.append(
+                f"{path.name} row {reader.line_num}, column station_id: {sid!r} is also in row "
                 f"{seen[sid]}"
             )
+            continue
         seen[sid] = reader.line_num
         rows.append(RosterRow(reader.line_num, cells))
-    if not rows:
-        raise ProvisionError(f"{path}: no station rows")
+    if not rows and not problems:
+        problems.append(f"{path.name}: no station rows")
+    if problems:
+        raise ProvisionError(*problems)
     return rows
 
 
-def row_values(row: RosterRow, roster_path: Path) -> StationValues:
-    """A roster row as StationValues (secret files read now); errors name row and column."""
-    where = f"{roster_path} row {row.line}"
-    cells = row.cells
+def roster_values(rows: list[RosterRow], roster_path: Path) -> list[StationValues]:
+    """Every row as StationValues; ProvisionError with the problems of all rows at once."""
+    stations: list[StationValues] = []
+    problems: list[str] = []
+    for row in rows:
+        try:
+            stations.append(row_values(row, roster_path))
+        except ProvisionError as exc:
+            problems += exc.problems
+    if problems:
+        raise ProvisionError(*problems)
+    return stations
 
-    def fail(column: str, what: str) -> ProvisionError:
-        return ProvisionError(f"{where}, column {column}: {what}")
+
+def row_values(row: RosterRow, roster_path: Path) -> StationValues:
+    """A roster row as StationValues (secret files read now); ProvisionError with every
+    problem of the row, each naming row and column."""
+    where = f"{roster_path.name} row {row.line}"
+    cells = row.cells
+    problems: list[str] = []
+
+    def fail(column: str, what: str) -> None:
+        problems.append(f"{where}, column {column}: {what}")
 
     for column in REQUIRED_COLUMNS:
         if not cells.get(column):
-            raise fail(column, "is empty (required)")
+            fail(column, "is empty (required)")
     sizes = dict(zip(INT_COLUMNS, DEFAULT_SIZE, strict=True))
     for column in INT_COLUMNS:
         if cells.get(column):
             try:
                 sizes[column] = int(cells[column])
             except ValueError:
-                raise fail(column, f"{cells[column]!r} is not a whole number") from None
+                fail(column, f"{cells[column]!r} is not a whole number")
 
     def secret(column: str, what: str) -> SecretStr | None:
         if not cells.get(column):
@@ -328,9 +363,11 @@ def row_values(row: RosterRow, roster_path: Path) -> StationValues:
         try:
             return read_secret(path, what, private=False)  # copied into a 0600 file
         except ConfigError as exc:
-            raise fail(column, str(exc)) from None
+            fail(column, str(exc))
+            return None
 
     mqtt_password = secret("mqtt_password_file", "MQTT password")
+    upload_token = secret("upload_token_file", "upload token")
     values = StationValues(
         station_id=cells["station_id"],
         camera=cells["camera"],
@@ -338,7 +375,7 @@ def row_values(row: RosterRow, roster_path: Path) -> StationValues:
         width=sizes["width"],
         height=sizes["height"],
         fps=sizes["fps"],
-        upload_token=secret("upload_token_file", "upload token"),
+        upload_token=upload_token,
         mqtt_url=cells.get("mqtt_url") or None,
         mqtt_username=cells.get("mqtt_username")
         or (cells["station_id"] if mqtt_password else None),
@@ -346,7 +383,13 @@ def row_values(row: RosterRow, roster_path: Path) -> StationValues:
         mqtt_prefix=cells.get("mqtt_prefix") or None,
         spool_path=Path(cells["spool_path"]) if cells.get("spool_path") else DEFAULT_SPOOL,
     )
-    validate(values, Path("/etc/station-agent"), lambda key: f"{where}, column {_column(key)}")
+    try:
+        validate(values, Path("/etc/station-agent"), lambda key: f"{where}, column {_column(key)}")
+    except ProvisionError as exc:  # the rest, without a column reported already
+        reported = {problem.split(":", 1)[0] for problem in problems}
+        problems += [p for p in exc.problems if p.split(":", 1)[0] not in reported]
+    if problems:
+        raise ProvisionError(*problems)
     return values
 
 

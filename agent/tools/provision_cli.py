@@ -1,16 +1,20 @@
-"""`station-agent provision`: write this box's config and secrets, take the reference picture,
-then run `check`.
+"""`station-agent provision`: write this box's config and secrets, take the
+reference picture, then run `check`.
 
-    sudo station-agent provision                                   # asks for each value
-    sudo station-agent provision --station-id AZ-0001 --camera v4l2:/dev/video0 \\
+    sudo station-agent provision                      # asks for each value
+    sudo station-agent provision --station-id AZ-0001 \\
+        --camera v4l2:/dev/video0 \\
         --upload-url https://ingest.example.org/stations --upload-token-stdin \\
-        --mqtt-url mqtts://broker.example.org:8883 --mqtt-password-stdin < secrets.txt
+        --mqtt-url mqtts://broker.example.org:8883 --mqtt-password-stdin \\
+        < secrets.txt
     sudo station-agent provision --roster roster.csv --station AZ-0001
-    station-agent provision --roster roster.csv --output-dir staged/   # one folder per row
+    station-agent provision --roster roster.csv --output-dir staged/
 
-Secrets are never taken on the command line: they come from stdin (the upload token on the
-first line, the MQTT password on the next), from files (--upload-token-file, roster columns) or
-from a hidden prompt. Files are written 0600 (owned by the service user when run as root).
+Secrets are never taken on the command line: they come from stdin (the upload
+token on the first line, the MQTT password on the next), from files
+(--upload-token-file, roster columns) or from a hidden prompt. Files are written
+0600 (owned by the service user when run as root). A roster is checked whole
+first: every problem is listed, nothing is written until there is none.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from __future__ import annotations
 import argparse
 import getpass
 import glob
+import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 from pydantic import SecretStr
@@ -31,8 +37,9 @@ from agent.capture.sources import SourceError, grab_frame
 from agent.core.config import ConfigError, read_secret
 from agent.core.keys import fingerprint
 from agent.service.config import DEFAULT_CONFIG_PATH, load_config, load_secrets
-from agent.tools.check import SERVICE, CheckOptions, systemd_running
-from agent.tools.check_cli import check_and_print
+from agent.tools.check import SERVICE, CheckOptions, System, sudo_technician, systemd_running
+from agent.tools.check_cli import check_and_print, format_line, run_checks
+from agent.tools.check_net import check_clock
 from agent.tools.provision import (
     CONFIG_NAME,
     DEFAULT_SIZE,
@@ -42,12 +49,14 @@ from agent.tools.provision import (
     StationValues,
     existing_privacy,
     read_roster,
+    roster_values,
     row_values,
     service_owner,
     validate,
     write_station,
 )
 from agent.tools.station_key import public_key_in, write_keys_file
+from agent.tools.terminal import Waiting, camera_hints, fail, permission_hint, wrap
 from agent.tools.verify_files import keys_file_line
 
 DEFAULT_DIR = DEFAULT_CONFIG_PATH.parent
@@ -101,20 +110,55 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="accept a token over http://, a password over mqtt:// (sent in clear: tests only)",
     )  # fmt: skip
     p.add_argument("--no-check", action="store_true", help="do not run check afterwards")
+    p.add_argument(
+        "--json", action="store_true",
+        help="print one JSON object at the end instead (needs every value as an option)",
+    )  # fmt: skip
     p.set_defaults(func=run)
 
 
+class Report:
+    """What provision tells the technician: lines as they come (80 columns), or with --json
+    one object at the end. Errors always go to stderr, with their next step."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.data: dict[str, Any] = {"ok": False, "errors": []}
+
+    def say(self, text: str = "", wrapped: bool = True) -> None:
+        if not self.as_json:
+            print(wrap(text, indent=2) if wrapped else text, flush=True)
+
+    def error(self, message: str, hints: list[str | None] | None = None) -> int:
+        fail(message, [hint for hint in hints or [] if hint])
+        self.data["errors"].append(message)
+        return 2
+
+    def problems(self, exc: ProvisionError) -> int:
+        for problem in exc.problems:
+            self.error(problem)
+        if len(exc.problems) > 1:
+            fail(f"{len(exc.problems)} problems: fix them all, then run the command again")
+        return 2
+
+    def done(self, code: int) -> int:
+        if self.as_json:
+            self.data["ok"] = code == 0
+            print(json.dumps(self.data, indent=2))
+        return code
+
+
 def run(args: argparse.Namespace) -> int:
+    report = Report(args.json)
     try:
         if args.roster is not None and args.station is None:
-            return stage_roster(args)
+            return report.done(stage_roster(args, report))
         if args.station is not None and args.roster is None:
             raise ProvisionError("--station needs --roster")
         values = gather(args, sys.stdin)
     except ProvisionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return provision_box(values, args)
+        return report.done(report.problems(exc))
+    return report.done(provision_box(values, args, report))
 
 
 # --- collecting the values -----------------------------------------------------------------
@@ -131,7 +175,7 @@ def gather(args: argparse.Namespace, stdin: TextIO) -> StationValues:
             if row.cells.get("station_id") == args.station:
                 return row_values(row, args.roster)
         raise ProvisionError(f"{args.roster}: no row with station_id {args.station!r}")
-    interactive = stdin.isatty()
+    interactive = stdin.isatty() and not args.json
     ask = _prompter(interactive)
     station_id = args.station_id or ask("station id (e.g. AZ-0001)", None, "--station-id")
     cameras = sorted(glob.glob("/dev/video*"))
@@ -207,28 +251,42 @@ def _install_dir(args: argparse.Namespace) -> Path:
 # --- one box -------------------------------------------------------------------------------
 
 
-def provision_box(values: StationValues, args: argparse.Namespace) -> int:
+def provision_box(values: StationValues, args: argparse.Namespace, report: Report) -> int:
     output_dir: Path = (args.output_dir or DEFAULT_DIR).absolute()
     config_path = output_dir / CONFIG_NAME
+    report.data["station_id"] = values.station_id
     if config_path.exists() and not args.force:
-        print(f"error: {config_path} exists: add --force to replace it", file=sys.stderr)
-        return 2
+        return report.error(f"{config_path} exists: add --force to replace it")
+    if not writable(output_dir):
+        return report.error(f"cannot write to {output_dir}", [permission_hint("provision")])
     # The running service holds the camera and would keep the old config: stop it meanwhile.
     is_service_dir = output_dir == DEFAULT_DIR and systemd_running()
     if is_service_dir:
         _systemctl("stop")
     try:
-        return _write_and_check(values, args, output_dir, is_service_dir)
+        return _write_and_check(values, args, output_dir, is_service_dir, report)
     finally:
         if is_service_dir and args.no_check:  # otherwise check has started it again
             _systemctl("restart")
 
 
+def writable(folder: Path) -> bool:
+    """Whether `folder` (or the nearest folder above it that exists) can be written."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return os.access(probe, os.W_OK)
+
+
 def _write_and_check(
-    values: StationValues, args: argparse.Namespace, output_dir: Path, is_service_dir: bool
+    values: StationValues,
+    args: argparse.Namespace,
+    output_dir: Path,
+    is_service_dir: bool,
+    report: Report,
 ) -> int:
     config_path = output_dir / CONFIG_NAME
-    frame = None if args.no_reference else take_reference(values)
+    frame = None if args.no_reference else take_reference(values, report)
     problems = 1 if frame is None and not args.no_reference else 0
     install_dir = _install_dir(args)
     try:
@@ -239,40 +297,60 @@ def _write_and_check(
         if install_dir == output_dir:  # secrets staged elsewhere are read where they are now
             load_secrets(cfg)
     except (OSError, ProvisionError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        hint = permission_hint("provision") if isinstance(exc, PermissionError) else None
         if is_service_dir and not args.no_check:
             _systemctl("start")
-        return 2
+        return report.error(str(exc), [hint])
     for path in written:
-        print(f"wrote {path} (0600)")
-    print_station_key(values.station_id, output_dir)
+        report.say(f"wrote {path} (0600)")
+    report.data["written"] = [str(path) for path in written]
+    print_station_key(values.station_id, output_dir, report)
     if args.no_check:
+        clock = check_clock(None, System())  # the time the picture will show, and NTP
+        report.say()
+        report.say(format_line(clock), wrapped=False)  # (already wrapped)
+        report.data["clock"] = clock.as_dict()
         return problems
-    print("\nrunning check:")
-    code = check_and_print(CheckOptions(config_path=config_path, pause_service=is_service_dir))
+    options = CheckOptions(
+        config_path=config_path,
+        pause_service=is_service_dir,
+        technician=sudo_technician(os.environ),
+    )
+    if report.as_json:
+        results = run_checks(options)
+        ok = not any(r.result == "FAIL" for r in results)
+        report.data["check"] = {"ok": ok, "checks": [r.as_dict() for r in results]}
+        return (0 if ok else 1) or problems
+    report.say()
+    report.say("running check:")
+    code = check_and_print(options)
     return code or problems
 
 
-def take_reference(values: StationValues) -> np.ndarray | None:
+def take_reference(values: StationValues, report: Report) -> np.ndarray | None:
     try:
-        return grab_frame(values.camera, values.width, values.height, REFERENCE_TIMEOUT_S)
+        with Waiting(f"taking the reference picture from {values.camera}", REFERENCE_TIMEOUT_S):
+            return grab_frame(values.camera, values.width, values.height, REFERENCE_TIMEOUT_S)
     except SourceError as exc:
-        print(
-            f"error: cannot take the reference picture: {exc}. Fix the camera and run provision "
-            "again (--force), or add --no-reference.",
-            file=sys.stderr,
+        report.error(
+            f"cannot take the reference picture: {exc}",
+            [
+                *camera_hints(values.camera),
+                "Then run provision again (with --force), or add --no-reference.",
+            ],
         )
         return None
 
 
 def _systemctl(action: str) -> None:
-    proc = subprocess.run(  # noqa: S603 - fixed argv
-        ["systemctl", action, SERVICE],  # noqa: S607 - systemctl from PATH, as a technician would
-        capture_output=True,
-        text=True,
-        timeout=SYSTEMCTL_TIMEOUT_S,
-        check=False,
-    )
+    with Waiting(f"systemctl {action} {SERVICE}", SYSTEMCTL_TIMEOUT_S):
+        proc = subprocess.run(  # noqa: S603 - fixed argv
+            ["systemctl", action, SERVICE],  # noqa: S607 - systemctl from PATH, as a person would
+            capture_output=True,
+            text=True,
+            timeout=SYSTEMCTL_TIMEOUT_S,
+            check=False,
+        )
     if proc.returncode != 0:
         print(f"warning: systemctl {action} {SERVICE}: {proc.stderr.strip()}", file=sys.stderr)
 
@@ -280,19 +358,22 @@ def _systemctl(action: str) -> None:
 # --- many boxes ----------------------------------------------------------------------------
 
 
-def stage_roster(args: argparse.Namespace) -> int:
+def stage_roster(args: argparse.Namespace, report: Report) -> int:
     """One folder per roster row, for copying to each box (no camera, no check)."""
     if args.output_dir is None:
         raise ProvisionError("--roster without --station needs --output-dir (one folder per row)")
     roster: Path = args.roster
-    rows = read_roster(roster)
-    stations = [row_values(row, roster) for row in rows]  # every row checked before writing
+    stations = roster_values(read_roster(roster), roster)  # every row checked before writing
     install_dir = args.install_dir or DEFAULT_DIR
     out: Path = args.output_dir
-    for values in stations:
-        folder = out / values.station_id
-        if (folder / CONFIG_NAME).exists() and not args.force:
-            raise ProvisionError(f"{folder / CONFIG_NAME} exists: add --force to replace it")
+    existing = [
+        f"{out / values.station_id / CONFIG_NAME} exists: add --force to replace it"
+        for values in stations
+        if (out / values.station_id / CONFIG_NAME).exists() and not args.force
+    ]
+    if existing:
+        raise ProvisionError(*existing)
+    staged = []
     for values in stations:
         folder = out / values.station_id
         privacy = existing_privacy(folder / CONFIG_NAME)
@@ -302,17 +383,23 @@ def stage_roster(args: argparse.Namespace) -> int:
         except (OSError, ConfigError) as exc:
             raise ProvisionError(f"cannot write {folder}: {exc}") from None
         key = fingerprint(public_key_in(folder))
-        print(f"wrote {folder}/ ({values.station_id}, station key {key})")
+        report.say(f"wrote {folder}/ ({values.station_id}, station key {key})")
+        staged.append({"station_id": values.station_id, "folder": str(folder), "fingerprint": key})
     keys = write_keys_file(out, {v.station_id: public_key_in(out / v.station_id) for v in stations})
-    print(
+    report.say(
         f"{len(stations)} station(s) staged in {out}; on each box copy its folder to {install_dir}"
     )
-    print(f"the stations' public keys are in {keys}: give it to central staff (for verify)")
+    report.say(f"the stations' public keys are in {keys}: give it to central staff (for verify)")
+    report.data |= {"staged": staged, "keys_file": str(keys)}
     return 0
 
 
-def print_station_key(station_id: str, folder: Path) -> None:
+def print_station_key(station_id: str, folder: Path, report: Report) -> None:
     """What the technician reads aloud, and the line central staff add to their keys file."""
     key = public_key_in(folder)
-    print(f"\nstation key fingerprint: {fingerprint(key)} (read it to central staff)")
-    print(f"keys file line for central staff: {keys_file_line(station_id, key)}")
+    line = keys_file_line(station_id, key)
+    report.say()
+    report.say(f"station key fingerprint: {fingerprint(key)} (read it to central staff)")
+    report.say("keys file line for central staff:")
+    report.say(f"  {line}")
+    report.data["station_key"] = {"fingerprint": fingerprint(key), "keys_file_line": line}
