@@ -373,7 +373,8 @@ def publisher_process() -> subprocess.Popen[bytes]:
 
 
 def test_the_publisher_takes_settings_and_packets_written_in_one_go(nginx: Nginx) -> None:
-    settings = pipe.PublisherSettings("rtmp-1", nginx.rtmp_url, KEY, None, 5.0, 5.0, 1.0, 1.0)
+    # a lag bound of 30 s: the packets must not age out while the process starts
+    settings = pipe.PublisherSettings("rtmp-1", nginx.rtmp_url, KEY, None, 5.0, 5.0, 1.0, 30.0)
     rung = Rung(160, 120, 10, 200_000)
     encoder = VideoEncoder("libx264", rung, "ultrafast", 1, 10)
     data = settings.encode()
