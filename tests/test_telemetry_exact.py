@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import random
+import shlex
 import shutil
+import subprocess
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -362,3 +364,55 @@ def test_the_overlay_shows_the_zone(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
+
+
+# --- the documented mosquitto_rr recipes -------------------------------------------------
+
+
+def _documented_requests() -> list[str]:
+    """The `mosquitto_rr` lines of docs/telemetry.md, as written there."""
+    text = (Path(__file__).parent.parent / "docs" / "telemetry.md").read_text()
+    return [line for line in text.splitlines() if line.startswith("mosquitto_rr ")]
+
+
+def test_documented_mosquitto_rr_recipes_work(
+    mosquitto: Mosquitto, subscriber: Callable[..., Subscriber], tmp_path: Path
+) -> None:
+    """Run as written (the broker's address added, as the doc says to): ping answers,
+    snapshot gives a JPEG. Without -m, mosquitto_rr refuses to start."""
+    recipes = _documented_requests()
+    assert len(recipes) == 2 and all(" -m " in line for line in recipes), recipes
+    data = agent_config(tmp_path, mqtt={"url": mosquitto.url, "heartbeat_s": 1})
+    data["station_id"] = "AZ-0001"  # the station of the examples
+    sub = subscriber(mosquitto, "stations/AZ-0001/status")
+    agent = AgentProcess(write_toml(tmp_path / "station.toml", data)).start()
+    try:
+        assert sub.wait_for(lambda m: b'"online"' in m.payload, timeout_s=30), agent.stderr()
+        assert wait_until(lambda: _snapshot_ready(mosquitto, recipes[1]), timeout_s=30)
+        ping = _run_recipe(mosquitto, recipes[0])
+        reply = valid(ping.stdout)
+        assert reply["ok"] and reply["result"]["pong"] is True
+        snapshot = _run_recipe(mosquitto, recipes[1])
+        assert snapshot.stdout[:2] == b"\xff\xd8", snapshot.stdout[:80]
+    finally:
+        assert agent.terminate() == 0
+
+
+def _recipe(broker: Mosquitto, line: str) -> subprocess.CompletedProcess[bytes]:
+    """The line run as a shell would (its `> file` is the stdout kept), on `broker`."""
+    command, _, _redirect = line.partition(" > ")
+    argv = shlex.split(command.replace("$USER", "tech"))
+    argv[1:1] = ["-h", "127.0.0.1", "-p", str(broker.port)]
+    return subprocess.run(argv, capture_output=True, timeout=30, check=False)
+
+
+def _run_recipe(broker: Mosquitto, line: str) -> subprocess.CompletedProcess[bytes]:
+    done = _recipe(broker, line)
+    assert done.returncode == 0, (line, done.stderr)
+    return done
+
+
+def _snapshot_ready(broker: Mosquitto, line: str) -> bool:
+    """The camera has delivered a frame: the snapshot command answers with a picture."""
+    done = _recipe(broker, line)
+    return done.returncode == 0 and done.stdout[:2] == b"\xff\xd8"
