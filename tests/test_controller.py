@@ -188,6 +188,36 @@ def test_cpu_overload_lowers_the_picture_until_load_is_low_for_long() -> None:
     assert pixel_rate(later[-1]) > pixel_rate(hot)
 
 
+def test_a_dropped_frame_at_start_does_not_cap_the_picture() -> None:
+    """Issue 15: after a start, one frame dropped in the first second (load 0.10) kept a real
+    run at the start rung for cpu_up_after_s while the link measured 2.4-2.8 Mbit/s. Start-up
+    noise is not an overload: the picture climbs as the link allows."""
+    ctl = RungController(LADDER, CFG)
+    start = ctl.current
+    first = ctl.decide(
+        SEGMENT_S, ControlInputs(None, encode_load=0.10, frames_dropped=1, segment_s=SEGMENT_S)
+    )
+    assert first == start and "encoder" not in ctl.reason
+    rungs = []
+    for i in range(2, 16):  # 30 s of segments, the link measured at 2.6 Mbit/s
+        inputs = ControlInputs(2_600_000.0, encode_load=0.10, segment_s=SEGMENT_S)
+        rungs.append(ctl.decide(i * SEGMENT_S, inputs))
+        assert "encoder" not in ctl.reason, ctl.reason
+    assert pixel_rate(rungs[-1]) > pixel_rate(start)
+    assert rungs[-1].bitrate_bps > 1_500_000  # as far up as 2.6 Mbit/s allows
+
+
+def test_frames_dropped_in_earnest_still_cap_the_picture() -> None:
+    ctl = RungController(LADDER, CFG)
+    assert run_estimates(ctl, [20_000_000.0] * 40)[-1] == TOP
+    frames = int(SEGMENT_S * TOP.fps)
+    held = ctl.decide(100.0, ControlInputs(20e6, frames_dropped=2, segment_s=SEGMENT_S))
+    assert held == TOP  # a frame or two: a hiccup
+    dropping = ControlInputs(20e6, encode_load=0.5, frames_dropped=frames // 6, segment_s=SEGMENT_S)
+    capped = ctl.decide(102.0, dropping)
+    assert pixel_rate(capped) < pixel_rate(TOP) and "overloaded" in ctl.reason
+
+
 def test_pin_and_auto() -> None:
     ctl = RungController(LADDER, CFG)
     pinned = ctl.pin("720p30")
