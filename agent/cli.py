@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from pathlib import Path
@@ -21,14 +22,15 @@ from agent.service.config import (
 )
 from agent.service.runner import serve
 from agent.spool.store import Spool, SpoolError
-from agent.tools import check_cli, health_cli, mask_cli, provision_cli, spool_cli, verify_cli
 from agent.tools.terminal import narrow_help
 
 log = logging.getLogger("agent")
 
 # The technicians' commands: each module adds its subcommand through `add_parser(subparsers)`.
 SERVICE_COMMANDS = ("run", "demo")  # these log at INFO; the tools only warnings and errors
-TOOL_MODULES = (spool_cli, health_cli, mask_cli, check_cli, provision_cli, verify_cli)
+# Imported only when the command line is not the service's: `run` starts without them (~4 MB of
+# memory and their imports at every service start).
+TOOL_MODULES = ("spool_cli", "health_cli", "mask_cli", "check_cli", "provision_cli", "verify_cli")
 
 
 class _VersionAction(argparse.Action):
@@ -44,7 +46,7 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_tools: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="station-agent",
         description="Polling-station webcam agent: capture, encode, spool, upload, report.",
@@ -62,14 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", type=Path, default=Path("demo-output"), help="output dir")
     demo.set_defaults(func=_demo)
 
-    for module in TOOL_MODULES:
-        module.add_parser(sub)
+    for name in TOOL_MODULES if with_tools else ():
+        importlib.import_module(f"agent.tools.{name}").add_parser(sub)
     narrow_help(parser)  # every --help fits 80 columns
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    parser = build_parser(with_tools=command not in SERVICE_COMMANDS)
     args = parser.parse_args(argv)
     # journald priorities under systemd; the technicians' commands print their own lines
     logs.configure_logging(verbose=args.verbose, tool=args.command not in SERVICE_COMMANDS)
