@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import struct
+from pathlib import Path
 from typing import Any
 
 import av
@@ -12,13 +13,17 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import SecretStr
 
 from agent.adapt.ladder import Rung
+from agent.core.events import RecordingSink
 from agent.encode.encoder import VideoEncoder
 from agent.encode.packet import EncodedPacket
 from agent.uplink import rtmp_pipe as pipe
 from agent.uplink import rtmp_wire as wire
+from agent.uplink.config import RtmpOutputConfig
 from agent.uplink.live import Drops, LiveQueue
+from agent.uplink.rtmp import RtmpOutput
 from agent.uplink.rtmp_child import StreamClock
 from agent.uplink.rtmp_client import RtmpTarget
 
@@ -282,3 +287,32 @@ def test_stream_times_start_at_zero_and_never_go_back() -> None:
     assert [clock.ms(dts, 10) for dts in (90_000, 99_000, 108_000)] == [0, 100, 200]
     assert clock.ms(0, 10) == 300  # the encoder restarted: one frame after the last
     assert clock.ms(9000, 10) == 400
+
+
+def test_a_drop_is_reported_once_whole_and_at_most_every_ten_seconds(tmp_path: Path) -> None:
+    now = [100.0]
+    sink = RecordingSink()
+    cfg = RtmpOutputConfig(url="rtmp://h/live", key_file=tmp_path / "k", allow_insecure=True)
+    output = RtmpOutput(cfg, "rtmp-1", SecretStr("k3y-k3y"), sink, clock=lambda: now[0])
+
+    def stats(frames: int, gops: int) -> None:
+        report = {"kind": "stats", "sent_bytes": 0, "frames_sent": 0, "lag_s": 0.05,
+                  "dropped_frames": frames, "dropped_gops": gops}  # fmt: skip
+        output._on_report(report, now[0])
+        output._maybe_report_drops(now[0])
+        now[0] += 1.0
+
+    output._on_report({"kind": "connected"}, now[0])
+    stats(12, 1)  # a group's head...
+    stats(18, 0)  # ...and the rest of it, dropped as it arrives
+    stats(0, 0)
+    stats(0, 0)
+    dropped = [e.fields for e in sink.events if e.kind == "rtmp_dropped"]
+    assert dropped == [{"output": "rtmp-1", "frames": 30, "gops": 1}]
+    stats(5, 1)  # a second episode within 10 s of the first event: waits
+    stats(0, 0)
+    assert len([e for e in sink.events if e.kind == "rtmp_dropped"]) == 1
+    now[0] += 10.0
+    stats(0, 0)
+    assert [e.fields["frames"] for e in sink.events if e.kind == "rtmp_dropped"] == [30, 5]
+    assert output.status(now[0])["dropped_frames"] == 35

@@ -53,6 +53,10 @@ CHILD_SILENT_S = 15.0
 CHILD_RESTART_BASE_S = 1.0
 CHILD_RESTART_MAX_S = 30.0
 DROP_EVENT_INTERVAL_S = 10.0  # rtmp_dropped at most this often; counts add up in between
+# ...and only once no frame was dropped for this long: a drop runs on to the next keyframe (up to
+# a segment), and the event should count that whole group, not its first frames. The publisher
+# reports its drops once a second: 1.5 s without is a second report without any.
+DROP_QUIET_S = 1.5
 BITRATE_WINDOW_S = 10.0  # the heartbeat's bitrate: bytes sent over the last 10 s
 POLL_S = 0.5  # the supervisor's and the feeder's longest wait
 
@@ -98,6 +102,7 @@ class RtmpOutput:
         self.dropped = Drops()
         self._unreported = Drops()
         self._last_drop_event_s = float("-inf")
+        self._last_drop_s = float("-inf")
         self.lag_s: float | None = None
         self._samples: deque[tuple[float, int]] = deque()  # (now_s, sent bytes) for the bitrate
 
@@ -114,6 +119,7 @@ class RtmpOutput:
         if drops and self.state == "connected":  # offline, nothing is sent anyway
             self.dropped += drops
             self._unreported += drops
+            self._last_drop_s = self._clock()
 
     # -- SegmentOutput ------------------------------------------------------------------------
 
@@ -391,6 +397,8 @@ class RtmpOutput:
             self.lag_s = float(lag_s) if isinstance(lag_s, int | float) else None
             self.dropped += drops
             self._unreported += drops
+            if drops:
+                self._last_drop_s = now_s
             self._samples.append((now_s, self._sent_before + self._child_sent))
             while self._samples and now_s - self._samples[0][0] > BITRATE_WINDOW_S:
                 self._samples.popleft()
@@ -407,6 +415,8 @@ class RtmpOutput:
             drops = self._unreported
             if not drops or now_s - self._last_drop_event_s < DROP_EVENT_INTERVAL_S:
                 return
+            if now_s - self._last_drop_s < DROP_QUIET_S:
+                return  # still dropping: the rest of that group of pictures
             self._unreported, self._last_drop_event_s = Drops(), now_s
         log.warning("%s: dropped %d frames (%d GOPs): the server takes the stream too slowly",
                     self.name, drops.frames, drops.gops)  # fmt: skip
