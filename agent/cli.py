@@ -22,6 +22,7 @@ from agent.service.config import (
 )
 from agent.service.runner import serve
 from agent.spool.store import Spool, SpoolError
+from agent.tools.station_key import KEY_NAME, PUBLIC_NAME, load_or_make_key, write_key_files
 from agent.tools.terminal import narrow_help
 
 log = logging.getLogger("agent")
@@ -88,13 +89,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def demo_config(output: Path) -> AgentConfig:
-    """The embedded default: synthetic camera, local spool, local upload target."""
+    """The embedded default: synthetic camera, local spool, local upload target, a station key
+    (made under output/keys on the first run) so the recording is signed and verifiable."""
+    keys = output / "keys"
+    keys.mkdir(parents=True, exist_ok=True)
+    key, new = load_or_make_key(keys)
+    write_key_files(keys, key, new, owner=None)
     return config_from_dict(
         {
             "station_id": "DEMO-0001",
             "capture": {"source": "test:", "width": 1280, "height": 720, "fps": 30},
             "encode": {"segment_s": 2},
-            "spool": {"path": str(output / "spool"), "max_bytes": "2GB", "min_free_bytes": 0},
+            "spool": {
+                "path": str(output / "spool"),
+                "max_bytes": "2GB",
+                "min_free_bytes": 0,
+                "signing_key_file": str(keys / KEY_NAME),
+            },
             "uplink": {"http": {"url": f"file://{output.resolve() / 'upstream'}"}},
         },
         source="built-in demo config",
@@ -120,4 +131,8 @@ def _demo(args: argparse.Namespace) -> int:
         log.debug("no recording to show: %s", exc)
     else:
         print(f"demo: the recording is {station / recording_id / 'archive.m3u8'}", file=sys.stderr)
+        public = args.output / "keys" / PUBLIC_NAME
+        print(
+            f"demo: check it with: station-agent verify {station} --key {public}", file=sys.stderr
+        )
     return code
