@@ -267,12 +267,11 @@ link_to() {
 
 write_stamp() { printf '%s\n' "$1" >"$STAMP"; }
 
-install_docs() {
+install_docs() { # every document: the guide links them (privacy-masks.md, verification.md...)
   local doc
-  for doc in operations.md technician-guide.md telemetry.md; do
-    if [ -f "$SRC_DIR/docs/$doc" ]; then
-      ensure_file "$SRC_DIR/docs/$doc" "$PREFIX/docs/$doc" 0644
-    fi
+  for doc in "$SRC_DIR"/docs/*.md; do
+    [ -f "$doc" ] || continue
+    ensure_file "$doc" "$PREFIX/docs/$(basename "$doc")" 0644
   done
 }
 

@@ -90,8 +90,8 @@ def canonical(name: str) -> str:
 
 
 def docs(src: Path) -> list[str]:
-    names = ("operations.md", "technician-guide.md", "telemetry.md")
-    return [name for name in names if (src / "docs" / name).exists()]
+    """Every document, as install.sh installs them (the shell's sorted glob)."""
+    return sorted(path.name for path in (src / "docs").glob("*.md"))
 
 
 def test_dry_run_into_an_empty_root_lists_every_action(src: Path, tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """`station-agent check`: run the pre-flight list in order and print it.
 
     sudo station-agent check --pause-service
-    station-agent check [--config FILE] [--json] [--snapshot-dir DIR] [--hours H]
+    station-agent check [--config FILE] [--json] [--snapshot-dir DIR]
 
 Each line: PASS / WARN / FAIL (SKIP when what it needs failed earlier), the
 check's name, what was measured and, below a WARN or FAIL, the fix. Exit code 0

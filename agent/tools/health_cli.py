@@ -1,5 +1,5 @@
-"""`station-agent health FILE|SOURCE`: run the camera-health analysis over a recording or a live
-camera and print every condition found with its time range.
+"""`station-agent health FILE|SOURCE`: run the camera-health analysis over a
+recording or a live camera and print every condition found with its time range.
 
 A file is analysed as fast as it decodes, on its own timestamps; a live source
 (v4l2:, rtsp://, http(s)://, test:) is watched for --duration-s seconds.
@@ -180,7 +180,7 @@ def _take_reference(source: str, out: Path, table: dict[str, Any], config: Path 
     except OSError as exc:
         raise UsageError(str(exc)) from exc
     masks = f"{masker.active_count} privacy mask(s) applied" if masker.active_count else "no mask"
-    print(f"reference picture saved to {out} ({frame.shape[1]}x{frame.shape[0]}, {masks})")
+    print(wrap(f"reference picture saved to {out} ({frame.shape[1]}x{frame.shape[0]}, {masks})"))
     return 0
 
 

@@ -272,11 +272,12 @@ def write_station(
 class RosterRow:
     line: int  # as a spreadsheet numbers it: the header is row 1
     cells: dict[str, str]
+    problems: tuple[str, ...] = ()  # of its shape (a station id twice), found by read_roster
 
 
 def read_roster(path: Path) -> list[RosterRow]:
-    """The roster's station rows; ProvisionError with every problem of its shape (columns,
-    rows with too many cells, station ids twice)."""
+    """The roster's station rows, each with the problems of its shape (too many cells, a
+    station id twice); ProvisionError for the columns (every problem) or no rows at all."""
     try:
         text = path.read_text(encoding="utf-8-sig")  # spreadsheets add a BOM
     except (OSError, UnicodeDecodeError) as exc:
@@ -298,25 +299,22 @@ def read_roster(path: Path) -> list[RosterRow]:
     rows: list[RosterRow] = []
     seen: dict[str, int] = {}
     for raw in reader:
+        shape: list[str] = []
         if None in raw:
-            problems.append(f"{path.name} row {reader.line_num}: more cells than columns")
-            continue
+            shape.append(f"{path.name} row {reader.line_num}: more cells than columns")
         cells = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-        if not any(cells.values()):
+        if not any(cells.values()) and not shape:
             continue  # blank line
         sid = cells.get("station_id", "")
         if sid and sid in seen:
-            problems.append(
+            shape.append(
                 f"{path.name} row {reader.line_num}, column station_id: {sid!r} is also in row "
                 f"{seen[sid]}"
             )
-            continue
-        seen[sid] = reader.line_num
-        rows.append(RosterRow(reader.line_num, cells))
-    if not rows and not problems:
-        problems.append(f"{path.name}: no station rows")
-    if problems:
-        raise ProvisionError(*problems)
+        seen.setdefault(sid, reader.line_num)
+        rows.append(RosterRow(reader.line_num, cells, tuple(shape)))
+    if not rows:
+        raise ProvisionError(f"{path.name}: no station rows")
     return rows
 
 
@@ -339,7 +337,7 @@ def row_values(row: RosterRow, roster_path: Path) -> StationValues:
     problem of the row, each naming row and column."""
     where = f"{roster_path.name} row {row.line}"
     cells = row.cells
-    problems: list[str] = []
+    problems: list[str] = list(row.problems)
 
     def fail(column: str, what: str) -> None:
         problems.append(f"{where}, column {column}: {what}")

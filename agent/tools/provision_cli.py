@@ -78,16 +78,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--height", type=int, help=f"camera height (default {DEFAULT_SIZE[1]})")
     p.add_argument("--fps", type=int, help=f"camera frame rate (default {DEFAULT_SIZE[2]})")
     p.add_argument("--upload-url", help="https://... given by central staff")
-    token = p.add_mutually_exclusive_group()
-    token.add_argument("--upload-token-file", type=Path, help="read the upload token from FILE")
-    token.add_argument(
+    # one way or the other each (checked in run(): argparse's exclusive groups make a usage
+    # line it cannot fit in 80 columns)
+    p.add_argument(
+        "--upload-token-file", type=Path, metavar="FILE", help="read the upload token from FILE"
+    )
+    p.add_argument(
         "--upload-token-stdin", action="store_true", help="read the upload token from stdin"
     )
     p.add_argument("--mqtt-url", help="mqtts://broker:8883 (optional)")
     p.add_argument("--mqtt-username", help="MQTT user (default: the station id)")
-    password = p.add_mutually_exclusive_group()
-    password.add_argument("--mqtt-password-file", type=Path, help="read the password from FILE")
-    password.add_argument(
+    p.add_argument(
+        "--mqtt-password-file", type=Path, metavar="FILE", help="read the password from FILE"
+    )
+    p.add_argument(
         "--mqtt-password-stdin", action="store_true",
         help="read the MQTT password from stdin (after the upload token, if both)",
     )  # fmt: skip
@@ -155,6 +159,10 @@ def run(args: argparse.Namespace) -> int:
             return report.done(stage_roster(args, report))
         if args.station is not None and args.roster is None:
             raise ProvisionError("--station needs --roster")
+        for what in ("upload_token", "mqtt_password"):
+            if getattr(args, f"{what}_file") and getattr(args, f"{what}_stdin"):
+                flag = what.replace("_", "-")
+                raise ProvisionError(f"--{flag}-file or --{flag}-stdin, not both")
         values = gather(args, sys.stdin)
     except ProvisionError as exc:
         return report.done(report.problems(exc))

@@ -37,7 +37,9 @@ COLOURS = {"PASS": "32", "WARN": "33", "FAIL": "31;1", "SKIP": "2", "error": "31
 
 def wrap(text: str, indent: int = 0, first_indent: int = 0, width: int = WIDTH) -> str:
     """`text` wrapped at `width` columns, the first line indented by `first_indent` spaces and
-    the rest by `indent`. Words are never broken (a path longer than the line stays whole)."""
+    the rest by `indent`. Words are never broken: a word too long for its indented line (a
+    path) gets a line of its own, indented less, and only a word longer than `width` itself
+    goes past it."""
     lines: list[str] = []
     for k, paragraph in enumerate(text.split("\n")):
         lines += textwrap.wrap(
@@ -48,7 +50,14 @@ def wrap(text: str, indent: int = 0, first_indent: int = 0, width: int = WIDTH) 
             break_long_words=False,
             break_on_hyphens=False,
         ) or [""]
-    return "\n".join(lines)
+    return "\n".join(_outdent(line, width) for line in lines)
+
+
+def _outdent(line: str, width: int) -> str:
+    if len(line) <= width:
+        return line
+    word = line.lstrip()  # textwrap leaves a too-long word alone on its line
+    return " " * max(0, width - len(word)) + word
 
 
 def is_terminal(stream: TextIO) -> bool:
@@ -70,17 +79,16 @@ def paint(word: str, colour: bool) -> str:
 
 
 def fail(message: str, hints: list[str] | None = None, stream: TextIO | None = None) -> None:
-    """`error: message` and each hint (the next step) on stderr; wrapped on a terminal."""
+    """`error: message` on stderr, then each hint (the next step) indented, wrapped at 80
+    columns. The error line itself wraps only on a terminal: in a file or a pipe one problem
+    stays one line (for grep and scripts)."""
     stream = sys.stderr if stream is None else stream
-    tty, colour = is_terminal(stream), use_colour(stream)
-    lines = [("error: ", message, 7), *(("  ", hint, 4) for hint in hints or [])]
-    for prefix, text, indent in lines:
-        shown = prefix + text
-        if tty:
-            shown = wrap(shown, indent=indent)
-        if prefix.startswith("error"):
-            shown = paint("error", colour) + shown[len("error") :]
-        print(shown, file=stream, flush=True)
+    line = f"error: {message}"
+    if is_terminal(stream):
+        line = wrap(line, indent=7)
+    print(paint("error", use_colour(stream)) + line[len("error") :], file=stream, flush=True)
+    for hint in hints or []:
+        print(wrap(hint, indent=4, first_indent=2), file=stream, flush=True)
 
 
 # -- the next step for the usual failures -------------------------------------------------------

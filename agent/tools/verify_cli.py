@@ -1,18 +1,23 @@
-"""`station-agent verify`: check a station's uploaded recording against its public key.
+"""`station-agent verify`: check a station's uploaded recording against its
+public key.
 
-    station-agent verify https://cdn.example.org/stations/AZ-0001 --keys keys.csv
-    station-agent verify ./AZ-0001/20261123T061502Z-3fa9c2 --key K3QF...=   # one recording
+    station-agent verify --keys keys.csv https://example.org/stations/AZ-0001
+    station-agent verify ./AZ-0001/20261123T061502Z-3fa9c2 --key K3QF...=
     station-agent verify ./AZ-0001 --key AZ-0001.pub --json
-    station-agent verify --report csv --keys keys.csv https://cdn.example.org/stations
+    station-agent verify --report csv --keys keys.csv \\
+        https://cdn.example.org/stations
 
-It needs only the public key(s) and the files: a folder downloaded from the upload server, or
-the server's URL. Each segment is OK, NOT OK (altered, or not signed with the station's key),
-MISSING (a link of the chain is absent), UNSIGNED, FOREIGN (another station's or recording's)
-or LOST (absent, and reported lost by the agent itself); then the coverage: the span, the
-seconds recorded and missing, and each gap with the agent's own reason. Exit 0 only when
-everything present verifies; 1 when something does not; 2 when the files or keys cannot be
-read. With --report, PATH_OR_URL holds the stations' folders and the keys file names them: one
-row per station (coverage share, longest gap, verdict). docs/verification.md explains it all.
+It needs only the public key(s) and the files: a folder downloaded from the
+upload server (a station's, or one recording's), or the server's URL. Each
+segment is OK, NOT OK (altered, or not signed with the station's key), MISSING
+(a link of the chain is absent), UNSIGNED, FOREIGN (another station's or
+recording's) or LOST (absent, and reported lost by the agent itself); then the
+coverage: the span, the seconds recorded and missing, and each gap with the
+agent's own reason. Exit 0 only when everything present verifies; 1 when
+something does not; 2 when the files or keys cannot be read. With --report,
+PATH_OR_URL holds the stations' folders and the keys file names them: one row
+per station (coverage share, longest gap, verdict). docs/verification.md
+explains it all.
 """
 
 from __future__ import annotations
