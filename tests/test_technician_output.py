@@ -350,6 +350,42 @@ def test_provision_without_sudo_says_so() -> None:
     assert "Run it with sudo: `sudo station-agent provision" in done.stderr
 
 
+def test_check_without_sudo_says_so(tmp_path: Path) -> None:
+    """The config is the service's (0600): read without sudo, the fix is the sudo."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run as another user")
+    config = write_toml(tmp_path / "config.toml", agent_config(tmp_path))
+    config.chmod(0o600)
+    tmp_path.chmod(0o755)
+    done = subprocess.run(
+        [
+            "setpriv",
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            sys.executable,
+            "-m",
+            "agent",
+            "check",
+            "--config",
+            str(config),
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd="/",
+    )
+    assert done.returncode == 1
+    fail = done.stdout.split("FAIL  config", 1)[1].split("SKIP", 1)[0]
+    assert "Permission" in fail and "Run it with sudo: `sudo station-agent check" in " ".join(
+        fail.split()
+    ), done.stdout
+    assert "provision` again" not in fail
+
+
 def test_provision_json_and_the_clock_line(capfd: pytest.CaptureFixture[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="p", dir="/tmp") as short:  # a box's path lengths
         _provision_json_and_clock(Path(short), capfd)

@@ -339,6 +339,30 @@ def test_time_zone_name(tmp_path: Path) -> None:
     )
 
 
+def test_the_clock_section_is_pinned_in_the_schema_and_the_doc() -> None:
+    schema = load_schema("heartbeat")
+    assert "clock" in schema["required"]
+    fields = schema["properties"]["clock"]["required"]
+    assert fields == ["ntp_synchronized", "time_zone", "utc_offset", "utc_offset_s"]
+    doc = (Path(__file__).parent.parent / "docs" / "telemetry.md").read_text()
+    for name in fields:
+        assert f"`clock.{name}`" in doc or f"`clock.{name.split('_s')[0]}`" in doc, name
+    body = payloads.heartbeat(
+        STATION,
+        at_utc="2024-05-01T07:00:00.000Z",
+        seq=1,
+        uptime_s=0.1,
+        system={},
+        clock={},
+        pipeline=None,
+        status_error="the snapshot failed",
+        telemetry={"mode": "stdout", "connected": True, "last_error": None},
+    )
+    del body["clock"]
+    errors = list(Draft202012Validator(load_schema("heartbeat")).iter_errors(body))
+    assert any("'clock' is a required property" in e.message for e in errors)
+
+
 def test_offsets_as_people_read_them() -> None:
     assert [timesync.format_offset(s) for s in (7200, -12600, 0)] == ["+02:00", "-03:30", "+00:00"]
     assert [timesync.utc_label(s) for s in (7200, -12600, 0, 19800)] == [

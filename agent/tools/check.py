@@ -192,6 +192,8 @@ def check_config(path: Path) -> tuple[CheckResult, AgentConfig | None, Secrets |
             f"Edit {path} (compare with /etc/station-agent/config.example.toml) or run "
             "`sudo station-agent provision` again."
         )
+        if os.geteuid() != 0 and "Permission denied" in str(exc):  # the sudo is missing
+            fix = "Run it with sudo: `sudo station-agent check ...` (the same options)."
         return CheckResult("config", "FAIL", str(exc), fix), None, None
     detail = f"{path} is valid (station {cfg.station_id})"
     data = {"station_id": cfg.station_id}
