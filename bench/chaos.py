@@ -14,7 +14,9 @@ request, a 413 on one segment, segment files deleted and truncated, its index de
 corrupted (a copy is kept first: that recording is then known only from the copy and the
 server). Box-2 is a box on a small tmpfs (a private mount namespace) that fills with the link
 down. Box-3 replaces the box: a fresh folder, the same station id, more kills. Each box drains
-its uploads and stops cleanly at the end of its life.
+its uploads and stops cleanly at the end of its life. Every box signs with the station's key:
+manifests go up beside the segments (counted apart, checked for overwrites like them), and
+`station-agent verify` judges the upstream at the end (printed, not part of the verdict).
 
 Exit 1 when a recorded segment is lost without a report (UNREPORTED LOST) or an upstream
 object was overwritten; the table says which.
