@@ -274,12 +274,29 @@ def test_the_queue_stays_bounded_and_what_leaves_it_always_decodes(
                 assert now_s - out.captured_s <= queue.max_lag_s
                 popped.append(out)
     drops = queue.take_drops()
-    assert drops.frames + len(popped) + len(queue) == pushed
+    assert drops.frames + queue.uncounted.frames + len(popped) + len(queue) == pushed
     for k, out in enumerate(popped):
         index = out.pts // 9000
         previous = popped[k - 1].pts // 9000 if k else None
         if previous is None or k in restarts or index != previous + 1:
             assert out.keyframe, f"packet {index} follows {previous}: a hole before a non-key frame"
+
+
+def test_a_drop_that_began_offline_is_not_counted_even_when_the_link_is_back() -> None:
+    queue = LiveQueue(max_lag_s=1.0)
+    queue.counting = False  # not connected
+    for i in range(3):
+        queue.push(packet(i, 10, 0.0), 0.0)
+    assert queue.pop(1.5) is None  # too old: dropped, waiting for the next keyframe
+    queue.counting = True  # connected again, the rest of that group still goes
+    for i in range(3, 10):
+        queue.push(packet(i, 10, 1.6), 1.6)
+    queue.push(packet(10, 10, 1.7), 1.7)
+    assert queue.take_drops() == Drops() and queue.uncounted == Drops(10, 1)
+    for i in range(11, 30):  # now a slow consumer: counted, whole groups
+        queue.push(packet(i, 10, 1.7 + i * 0.1), 1.7 + i * 0.1)
+    assert queue.pop(4.7) is not None
+    assert queue.take_drops() == Drops(10, 1)
 
 
 def test_stream_times_start_at_zero_and_never_go_back() -> None:

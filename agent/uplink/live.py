@@ -7,6 +7,11 @@ newest keyframe it holds, or drops everything and waits for the next one. Drops 
 groups of pictures (or their tails): a frame is never sent after a frame it refers to was
 dropped, so what the server gets always decodes.
 
+Drops are counted (`take_drops`) only when they are the consumer's slowness: while `counting`
+is off (no connection, nothing is sent anyway) a drop and the rest of its group, even if the
+connection comes back meanwhile, go to `uncounted`; so do the head a new consumer skips
+(`restart`) and what comes before the first keyframe.
+
 No clock, no lock: time is an argument (`now_s`, monotonic, the clock of
 `EncodedPacket.captured_s`), the callers hold their own locks.
 """
@@ -50,6 +55,9 @@ class LiveQueue:
         self._need_keyframe = True  # a consumer starts at a keyframe
         self._last_dropped_gop = -1
         self._dropped = Drops()
+        self.counting = True  # drops from now on are the consumer's (see the module doc)
+        self._episode_counted = False  # the drop going on (to the next keyframe) is counted
+        self.uncounted = Drops()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -84,9 +92,9 @@ class LiveQueue:
 
     def restart(self) -> None:
         """A new consumer (a new connection): it starts at the newest keyframe held, or at the
-        next one; what comes before is dropped."""
+        next one; what comes before is dropped (uncounted: no one was slow)."""
         newest = self._newest_keyframe()
-        self._drop_head(len(self._items) if newest is None else newest)
+        self._drop_head(len(self._items) if newest is None else newest, counted=False)
 
     def take_drops(self) -> Drops:
         """Frames and groups dropped since the previous call."""
@@ -104,9 +112,9 @@ class LiveQueue:
             fresh = now_s - self._items[keep][1].captured_s <= self.max_lag_s
             tail_bytes = sum(len(p.data) for _, p in list(self._items)[keep:])
             if fresh and tail_bytes <= self.max_bytes:
-                self._drop_head(keep)
+                self._drop_head(keep, counted=self.counting)
                 return
-        self._drop_head(len(self._items))
+        self._drop_head(len(self._items), counted=self.counting)
 
     def _newest_keyframe(self) -> int | None:
         for index in range(len(self._items) - 1, -1, -1):
@@ -114,7 +122,10 @@ class LiveQueue:
                 return index
         return None
 
-    def _drop_head(self, count: int) -> None:
+    def _drop_head(self, count: int, counted: bool) -> None:
+        """Drop the first `count` packets: a drop that begins here (and runs on to the next
+        keyframe when nothing is left) is counted or not as a whole."""
+        self._episode_counted = counted
         for _ in range(count):
             gop, packet = self._items.popleft()
             self._bytes -= len(packet.data)
@@ -125,4 +136,8 @@ class LiveQueue:
     def _drop_one(self, gop: int, packet: EncodedPacket) -> None:
         new_gop = gop != self._last_dropped_gop
         self._last_dropped_gop = gop
-        self._dropped += Drops(1, 1 if new_gop else 0)
+        drop = Drops(1, 1 if new_gop else 0)
+        if self._episode_counted:
+            self._dropped += drop
+        else:
+            self.uncounted += drop

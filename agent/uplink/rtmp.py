@@ -83,6 +83,7 @@ class RtmpOutput:
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._queue = LiveQueue(cfg.max_lag_s)
+        self._queue.counting = False  # drops count while a publish is on the air
         self._control: deque[bytes] = deque()  # settings / wake frames for the feeder to write
         self._cond = threading.Condition()  # guards the queue, the control frames, the counters
         self._stop = threading.Event()
@@ -116,7 +117,7 @@ class RtmpOutput:
             self._cond.notify()
 
     def _count_drops(self, drops: Drops) -> None:
-        if drops and self.state == "connected":  # offline, nothing is sent anyway
+        if drops:
             self.dropped += drops
             self._unreported += drops
             self._last_drop_s = self._clock()
@@ -340,6 +341,7 @@ class RtmpOutput:
             if self._ever_connected and not self._restarting:
                 self.reconnects += 1
             self.state = "connected"
+            self._queue.counting = True
         restarted, self._restarting = self._restarting, False
         self._ever_connected = True
         self._in_outage = False
@@ -365,6 +367,7 @@ class RtmpOutput:
         with self._cond:
             self.last_error = reason
             self.state = "reconnecting" if self._ever_connected else "connecting"
+            self._queue.counting = False  # offline: nothing is sent anyway
         self._restarting = False
         if self._down_since_s is None:
             self._down_since_s = self._clock()

@@ -110,6 +110,7 @@ class RtmpChild:
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self.queue = LiveQueue(settings.max_lag_s)
+        self.queue.counting = False  # on once a stream is on the air (see _pump)
         self._inbox = bytearray()
         self._changed = asyncio.Event()  # for the publish loop: look at the state again
         self._wake = asyncio.Event()  # cuts a backoff short
@@ -149,12 +150,7 @@ class RtmpChild:
         self._changed.set()
 
     def _note_drops(self) -> None:
-        drops = self.queue.take_drops()
-        stream = self._stream
-        if stream is not None and stream.shown is not None:
-            # a drop is a frame the stream would have carried: not one before its first
-            # keyframe, nor while offline
-            self._drops += drops
+        self._drops += self.queue.take_drops()
 
     def _pump(self) -> None:
         """Send what the queue holds while the stream may go on and the connection takes it
@@ -187,6 +183,8 @@ class RtmpChild:
                 break
             self._frames_sent += 1
             self._lag_s = self._clock() - packet.captured_s
+            # from its first frame on, what the stream does not carry is a drop
+            self.queue.counting = True
         self._note_drops()
         if stream is not None and (stream.waiting or stream.restart or stream.error):
             self._changed.set()
@@ -266,6 +264,7 @@ class RtmpChild:
                 await self._changed.wait()
         finally:
             self._stream = None
+            self.queue.counting = False
 
     # -- reports ------------------------------------------------------------------------------
 
