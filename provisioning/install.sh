@@ -194,11 +194,9 @@ source_digest() { # what we install from, as one hash: changes whenever the pack
 }
 
 build_id() { # the commit of a git checkout (the status message's `build`), or nothing
-  local head
-  command -v git >/dev/null && [ -e "$SRC_DIR/.git" ] || return 0
-  head="$(git -C "$SRC_DIR" rev-parse --short=12 HEAD 2>/dev/null)" || return 0
-  git -C "$SRC_DIR" diff --quiet HEAD -- 2>/dev/null || head="$head-dirty"
-  echo "$head"
+  if command -v git >/dev/null && [ -x "$SRC_DIR/scripts/build-id" ]; then
+    "$SRC_DIR/scripts/build-id"
+  fi
 }
 
 pip_install() { # pip's own lines, indented under the step's "do:" line: progress, not silence
