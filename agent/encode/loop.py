@@ -216,9 +216,15 @@ class EncodeLoop:
                 self._writer.begin(rung, utc_iso(wall_s), pts, encoder.name, discontinuity)
                 discontinuity = False
             started_s = self._clock()
-            i420 = self._prepare(self._capture.latest(), rung, started_s, pts)
+            frame = self._capture.latest()
+            i420 = self._prepare(frame, rung, started_s, pts)
             self._emit(encoder.encode(i420, pts, keyframe), encoder)
             self._overlay.undo()  # the captured frame as it came, for whoever reads it next
+            # glass-to-upstream starts when the picture left the camera (the card: its tick)
+            if frame is None or started_s - frame.captured_s > self._stale_after_s:
+                self._writer.captured(started_s)
+            else:
+                self._writer.captured(frame.captured_s)
             self.frames_out += 1
             done_s = self._clock()
             cost = (done_s - started_s) * rung.fps

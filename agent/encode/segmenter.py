@@ -28,6 +28,9 @@ class EncodedSegment:
     frames: int
     encoder: str
     discontinuity: bool  # timestamps or format do not continue from the previous segment
+    # monotonic time its first and last frame left the camera (glass-to-upstream); None when
+    # unknown (a segment made elsewhere, e.g. in tests)
+    captured_s: tuple[float, float] | None = None
 
 
 class SegmentWriter:
@@ -39,6 +42,7 @@ class SegmentWriter:
         self._stream: av.stream.Stream | None = None
         self._meta: tuple[str, int, Rung, str, bool] | None = None
         self._frames = 0
+        self._captured_s: tuple[float, float] | None = None
 
     @property
     def open(self) -> bool:
@@ -57,6 +61,12 @@ class SegmentWriter:
         self._container, self._stream = container, stream
         self._meta = (started_utc, start_pts, rung, encoder, discontinuity)
         self._frames = 0
+        self._captured_s = None
+
+    def captured(self, captured_s: float) -> None:
+        """The picture of the frame just encoded left the camera at `captured_s` (monotonic)."""
+        first = captured_s if self._captured_s is None else self._captured_s[0]
+        self._captured_s = (first, captured_s)
 
     def add(self, packets: list[av.Packet]) -> None:
         if self._container is None or self._stream is None:
@@ -91,6 +101,7 @@ class SegmentWriter:
             frames=self._frames,
             encoder=encoder,
             discontinuity=discontinuity,
+            captured_s=self._captured_s,
         )
         self._container = self._stream = self._buffer = None
         self._meta = None

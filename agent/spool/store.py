@@ -129,6 +129,11 @@ class SegmentRecord:
         }
 
 
+# Capture times kept for segments not yet uploaded: 512 segments is 17 min of 2 s segments;
+# a segment uploaded later (backfill) has no glass-to-upstream figure (it is not live).
+CAPTURE_TIMES_KEPT = 512
+
+
 class Spool:
     """Thread-safe: the encoder adds, uploaders read and mark, telemetry reads stats."""
 
@@ -163,6 +168,9 @@ class Spool:
         )
         self.recording_id = ""  # read from the index at open (made when the index is created)
         self._extra_columns = "s.note, s.recovered"  # "'', 0" for an older index, read-only
+        # when the first and last frame of recent segments left the camera (monotonic, this
+        # run only): the uploader measures glass-to-upstream from them; not in the index
+        self._captured_s: dict[int, tuple[float, float]] = {}
         self._seq_floor = 0  # above every file waiting to be re-indexed
         self._unstored = 0  # segments the writer gave up on (no seq, no row): still lost
         self._clamped_s = 0.0  # how far the last segment's start was clamped (clock behind)
@@ -377,8 +385,18 @@ class Spool:
                 # segment while the writer retries it or reports it dropped
                 final.unlink(missing_ok=True)
                 raise
+            if segment.captured_s is not None:
+                self._captured_s[seq] = segment.captured_s
+                while len(self._captured_s) > CAPTURE_TIMES_KEPT:
+                    del self._captured_s[next(iter(self._captured_s))]
             self._added.notify_all()
             return self.get(seq)
+
+    def captured_s(self, seq: int) -> tuple[float, float] | None:
+        """(first, last) monotonic time the frames of segment `seq` left the camera, for
+        segments recorded in this run and not too long ago; else None."""
+        with self._lock:
+            return self._captured_s.get(seq)
 
     def count_unstored(self) -> None:
         """The writer gave a segment up before it had a seq (reported by the writer); counted

@@ -5,7 +5,11 @@ segment back. Runs in the uploader's thread; every request goes through the uplo
 
     {station}/live.m3u8                  live edge of this recording ("<recording>/<seq>.ts")
     {station}/<recording>/archive.m3u8   every segment of the recording; ENDLIST at a clean stop
+    {station}/<recording>/archive-NNNN.m3u8  part NNNN of it (uplink/archive.py)
     {station}/recordings.json            every recording of the station (uplink/recordings.py)
+
+The archive documents are rewritten on the archive timer when their byte budget allows
+(`ArchivePlan`): a long day's archive is not re-sent in full every 30 s.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from agent.core.backoff import full_jitter_s
 from agent.core.clock import utc_iso
 from agent.core.events import Event, EventSink
 from agent.spool.store import SegmentRecord, Spool
+from agent.uplink.archive import WHOLE, ArchivePlan, part_name, part_of, part_range
 from agent.uplink.config import HttpUplinkConfig
 from agent.uplink.playlists import Entry, render_archive, render_live
 from agent.uplink.recordings import (
@@ -124,7 +129,7 @@ class Publisher:
         self._archive = _Timer(cfg.archive_interval_s, *backoff)
         self._index = _Timer(max(cfg.archive_interval_s, MIN_INDEX_INTERVAL_S), *backoff)
         self._live_stale = False  # a segment went up (or turned out lost) since live.m3u8
-        self._archive_dirty = False
+        self._plan = ArchivePlan()  # which archive documents are due (their byte budgets)
         self._recordings: StationRecordings | None = None  # once the spool is open
         self._kept_bad: set[str] = set()  # SHA-256 of malformed indexes already kept aside
 
@@ -145,10 +150,11 @@ class Publisher:
             self._recordings = StationRecordings(recording_id, self.box_id, self._index.interval_s)
         return self._recordings
 
-    def segments_changed(self) -> None:
-        """A segment went up, or was found lost: the playlists must say so."""
+    def segments_changed(self, seq: int, video_bytes: int = 0) -> None:
+        """Segment `seq` went up (`video_bytes` of it), or was found lost: the playlists must
+        say so."""
         self._live_stale = True
-        self._archive_dirty = True
+        self._plan.changed(seq, video_bytes)
 
     # -- the worker's round ---------------------------------------------------------------
 
@@ -156,8 +162,10 @@ class Publisher:
         """Write whatever is due; a failure is counted, reported and retried on its own timer."""
         if self._live_stale and self._live.due(now_s):
             self._write(self._live, now_s, self._write_live)
-        if self._archive_dirty and self._archive.due(now_s):
-            self._write(self._archive, now_s, lambda: self._write_archive(ended=False))
+        if self._archive.due(now_s):
+            due = self._plan.due(self._spool.next_seq() - 1)
+            if due:
+                self._write(self._archive, now_s, lambda: self._write_archive(due, ended=False))
         if self._index.due(now_s):
             self._write(self._index, now_s, lambda: self._write_index(now_s, ended=False))
 
@@ -166,7 +174,7 @@ class Publisher:
         whatever the deadline leaves room for (a hanging one is abandoned by the uploader)."""
         steps: list[tuple[str, Callable[[], None]]] = [
             (LIVE_NAME, self._write_live),
-            (ARCHIVE_NAME, lambda: self._write_archive(ended=True)),
+            (ARCHIVE_NAME, lambda: self._write_archive(self._last_word(), ended=True)),
             (INDEX_NAME, lambda: self._write_index(time.monotonic(), ended=True, verify=True)),
         ]
         for name, write in steps:
@@ -231,13 +239,29 @@ class Publisher:
         self._requests.put(LIVE_NAME, text.encode(), M3U8_TYPE)
         self._live_stale = False
 
-    def _write_archive(self, ended: bool) -> None:
-        records = self._spool.segments(0)
-        if not records:
-            return
-        text = render_archive(self._entries(records, live=False), ended)
-        self._requests.put(self.archive_name, text.encode(), M3U8_TYPE)
-        self._archive_dirty = False
+    def _write_archive(self, documents: list[int], ended: bool) -> None:
+        """Parts (keys >= 0) and the whole archive (WHOLE); a part ends (ENDLIST) once the
+        recording has moved past it, everything at a clean stop (`ended`)."""
+        newest = self._spool.next_seq() - 1
+        for key in documents:
+            if key == WHOLE:
+                records, name, done = self._spool.segments(0), self.archive_name, ended
+            else:
+                first, last = part_range(key)
+                records = [r for r in self._spool.segments(first) if r.seq <= last]
+                name = f"{self._spool.recording_id}/{part_name(key)}"
+                done = ended or newest > last
+            if not records:
+                continue
+            body = render_archive(self._entries(records, live=False), done).encode()
+            self._requests.put(name, body, M3U8_TYPE)
+            self._plan.written(key, len(body), len(records))
+
+    def _last_word(self) -> list[int]:
+        """At a clean stop: what changed, the newest part and the whole (ENDLIST)."""
+        newest = self._spool.next_seq() - 1
+        newest_part = [] if newest < 0 else [part_of(newest)]
+        return sorted({*self._plan.dirty(), *newest_part, WHOLE}, key=lambda k: (k == WHOLE, k))
 
     @property
     def archive_name(self) -> str:

@@ -36,7 +36,8 @@ from agent.core.events import Event, EventSink, utc_now_iso
 from agent.spool.store import SegmentRecord, SegmentUnavailable, Spool, SpoolError
 from agent.uplink.config import HttpUplinkConfig
 from agent.uplink.output import OutputProgress
-from agent.uplink.publisher import JSON_TYPE, Publisher
+from agent.uplink.publisher import JSON_TYPE, M3U8_TYPE, Publisher
+from agent.uplink.recordings import INDEX_NAME
 from agent.uplink.schedule import Refusal, UploadSchedule
 from agent.uplink.targets import (
     Progress,
@@ -71,15 +72,21 @@ class UploadFigures:
     last_error: str | None = None
     busy_since_s: float | None = None  # monotonic start of the request in progress
     sent_bytes: int = 0  # bytes handed to the network so far (moves while an upload runs)
+    playlist_bytes: int = 0  # bytes of playlists and the station index put (issue 15)
 
 
 class BusyRequests:
     """Every request goes through here: while it runs the uplink is busy, and the watchdog
-    sees bytes moving (a PUT that hangs, segment or playlist, hangs the whole uplink)."""
+    sees bytes moving (a PUT that hangs, segment or playlist, hangs the whole uplink). Every
+    PUT is measured by the throughput estimator: playlists, manifests and the index use the
+    link as segments do (a small one only tells its latency)."""
 
-    def __init__(self, target: UploadTarget, figures: UploadFigures) -> None:
+    def __init__(
+        self, target: UploadTarget, figures: UploadFigures, estimator: ThroughputEstimator
+    ) -> None:
         self._target = target
         self._figures = figures
+        self._estimator = estimator
 
     def put(
         self,
@@ -91,15 +98,25 @@ class BusyRequests:
     ) -> None:
         reported = 0
 
+        ticket = self._estimator.upload_started(time.monotonic(), len(data))
+
         def progress(sent: int) -> None:
             nonlocal reported
             self._figures.sent_bytes += sent - reported
             reported = sent
+            self._estimator.upload_progress(ticket, time.monotonic(), sent)
             if on_progress is not None:
                 on_progress(sent)
 
-        with self._busy():
-            self._target.put(name, data, content_type, sha256, progress=progress)
+        ok = False
+        try:
+            with self._busy():
+                self._target.put(name, data, content_type, sha256, progress=progress)
+            ok = True
+        finally:
+            self._estimator.upload_finished(ticket, time.monotonic(), ok)
+        if content_type == M3U8_TYPE or name == INDEX_NAME:
+            self._figures.playlist_bytes += len(data)
 
     def get(self, name: str) -> bytes | None:
         with self._busy():
@@ -150,7 +167,7 @@ class SegmentUploader:
         )
         self._set_aside_retry_s = cfg.set_aside_retry_s
         self.figures = UploadFigures()
-        self._requests = BusyRequests(target, self.figures)
+        self._requests = BusyRequests(target, self.figures, estimator)
         self.publisher = Publisher(
             cfg, spool, name, self._requests, sink, station_id=station_id, box_id=box_id,
             rng=rng, wall_clock=wall_clock,
@@ -162,6 +179,9 @@ class SegmentUploader:
         self._close_by_s = 0.0  # of the closing writes
         self._thread: threading.Thread | None = None
         self.latencies_s: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        # glass-to-upstream: from the moment the first and the last frame of a segment left the
+        # camera to the server's 2xx for the segment (monotonic), live segments of this run
+        self.glass_s: deque[tuple[float, float]] = deque(maxlen=LATENCY_SAMPLES)
 
     # -- control ---------------------------------------------------------------------------
 
@@ -286,7 +306,7 @@ class SegmentUploader:
             log.warning("segment %d skipped, not uploaded: %s", record.seq, exc.reason)
             self.figures.skipped += 1
             self.schedule.forget(record.seq)
-            self.publisher.segments_changed()  # the gap shows in the playlists
+            self.publisher.segments_changed(record.seq)  # the gap shows in the playlists
             return
         try:
             self._put_segment(record, data)
@@ -300,17 +320,11 @@ class SegmentUploader:
         self._uploaded(record, len(data))
 
     def _put_segment(self, record: SegmentRecord, data: bytes) -> None:
-        ticket = self.estimator.upload_started(time.monotonic(), len(data))
-        ok = False
-        try:
-
-            def measured(sent: int) -> None:
-                self.estimator.upload_progress(ticket, time.monotonic(), sent)
-
-            self._requests.put(record.object_name, data, TS_TYPE, record.sha256, measured)
-            ok = True
-        finally:
-            self.estimator.upload_finished(ticket, time.monotonic(), ok)
+        self._requests.put(record.object_name, data, TS_TYPE, record.sha256)
+        captured = self._spool.captured_s(record.seq)
+        if captured is not None:
+            done_s = time.monotonic()
+            self.glass_s.append((done_s - captured[0], done_s - captured[1]))
         manifest = self._spool.manifest(record.seq)
         if manifest is not None:  # signed: the manifest next to it, before a playlist names it
             sha256 = hashlib.sha256(manifest).hexdigest()
@@ -336,7 +350,7 @@ class SegmentUploader:
                     {"target": self.target.description},
                 )
             )
-        self.publisher.segments_changed()
+        self.publisher.segments_changed(record.seq, nbytes)
         try:
             self.latencies_s.append(self._wall() - parse_utc(record.started_utc))
         except ValueError:
