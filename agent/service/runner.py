@@ -24,6 +24,7 @@ from agent import __version__, build_id
 from agent.adapt.ladder import format_bps, picture_label
 from agent.core.config import ConfigError
 from agent.core.events import EventFanout
+from agent.core.memory import TRIM_INTERVAL_S, release_free_memory, tune_allocator
 from agent.service.config import AgentConfig, load_command_key, load_config, load_secrets
 from agent.service.pipeline import Pipeline, run_until
 from agent.service.remote import command_handlers
@@ -67,6 +68,7 @@ def serve(
 ) -> int:
     """Run the pipeline until SIGTERM/SIGINT (or `duration_s`), then stop cleanly: exit 0.
     Exit 2 when the agent cannot be set up (the message says why)."""
+    tune_allocator()  # before any worker thread: their arenas follow it
     secrets = load_secrets(cfg)
     command_key = load_command_key(cfg)
     events = EventFanout(keep_early=True)  # until the telemetry subscribes, after its start
@@ -93,9 +95,14 @@ def serve(
     events.subscribe(telemetry.emit, replay_early=True)
     notifier.ready(pipeline.status_line())
     deadline_s = None if duration_s is None else time.monotonic() + duration_s
+    trim_at_s = time.monotonic() + TRIM_INTERVAL_S
 
     def tick() -> None:
+        nonlocal trim_at_s
         now_s = time.monotonic()
+        if now_s >= trim_at_s:
+            trim_at_s = now_s + TRIM_INTERVAL_S
+            release_free_memory()  # what the threads freed, back to the kernel
         pipeline.supervise()
         pipeline.report_progress(progress, now_s)
         supervisor.tick(now_s)
