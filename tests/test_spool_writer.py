@@ -3,8 +3,10 @@ cannot be stored by shutdown reported, never silently lost."""
 
 from __future__ import annotations
 
+import queue
 import shutil
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from agent.adapt.ladder import Rung
 from agent.core.events import RecordingSink
 from agent.encode.segmenter import EncodedSegment
 from agent.spool.store import Spool
-from agent.spool.writer import SpoolWriter
+from agent.spool.writer import SegmentQueue, SpoolWriter
 
 RUNG = Rung(320, 240, 15, 300_000)
 TIMEOUT_S = 30.0
@@ -149,3 +151,35 @@ def test_a_writer_stuck_in_the_index_is_given_up_and_its_segments_reported(
     locker.close()
     accounted(store, sink, 4)  # and was not reported a second time
     store.close()
+
+
+def sized(k: int, nbytes: int) -> EncodedSegment:
+    at = "2026-11-23T10:00:00.000Z"
+    return EncodedSegment(bytes([k]) * nbytes, at, 0, 1.0, RUNG, 15, "x", False)
+
+
+def test_the_queue_is_bounded_by_bytes_and_always_takes_one() -> None:
+    """A slow disk holds back at most max_bytes of segments; one larger than that still goes
+    in when the queue is empty (the encoder never deadlocks on a big segment)."""
+    q = SegmentQueue(10_000)
+    q.put(sized(1, 4_000))
+    q.put(sized(2, 4_000))
+    blocked = threading.Event()
+    done = threading.Event()
+
+    def put_third() -> None:
+        blocked.set()
+        q.put(sized(3, 4_000))  # 12 kB > 10 kB: waits for the disk
+        done.set()
+
+    threading.Thread(target=put_third, daemon=True).start()
+    assert blocked.wait(TIMEOUT_S)
+    assert not done.wait(0.2) and q.nbytes == 8_000
+    assert q.get(timeout=1).data[0] == 1  # in order
+    assert done.wait(TIMEOUT_S) and q.nbytes == 8_000
+    assert [q.get_nowait().data[0], q.get_nowait().data[0]] == [2, 3] and q.empty()
+    q.put(sized(4, 50_000))  # larger than the bound, the queue empty: taken
+    assert q.nbytes == 50_000
+    assert q.get(timeout=1).data[0] == 4
+    with pytest.raises(queue.Empty):
+        q.get(timeout=0.01)

@@ -17,6 +17,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 
 from agent.core.events import Event, EventSink
 from agent.encode.segmenter import EncodedSegment
@@ -25,7 +26,10 @@ from agent.spool.store import Spool, SpoolError
 
 log = logging.getLogger(__name__)
 
-SPOOL_QUEUE_SEGMENTS = 8  # segments waiting for a slow disk before the encoder blocks
+# Segments waiting for a slow disk before the encoder blocks, in bytes (a count would hold 8 MB
+# at 1080p and 2 s, 45 MB with 10 s segments): 16 MB is 8 segments of 2 s at 8 Mbit/s, 50 s of
+# the top rung. One segment, however large, is always taken.
+SPOOL_QUEUE_BYTES = 16 << 20
 SPOOL_RETRY_S = 1.0
 # A clean stop must fit systemd's TimeoutStopSec (30 s): the encoder finishes its segment
 # (<= segment_s), the spool writer stores what is queued for at most SPOOL_DRAIN_S (a store
@@ -39,12 +43,59 @@ STOP_GRACE_S = 2.0  # past the drain and one busy wait, the thread is given up (
 QUEUE_POLL_S = 0.5  # how often an idle writer looks whether it is stopping
 
 
+class SegmentQueue:
+    """FIFO of segments bounded by their bytes (queue.Queue's interface, as used here)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._items: deque[EncodedSegment] = deque()
+        self._bytes = 0
+        self._changed = threading.Condition()
+
+    def put(self, segment: EncodedSegment) -> None:
+        """Blocks while the queue holds something and this segment would overfill it."""
+        with self._changed:
+            self._changed.wait_for(
+                lambda: not self._items or self._bytes + len(segment.data) <= self._max_bytes
+            )
+            self._items.append(segment)
+            self._bytes += len(segment.data)
+            self._changed.notify_all()
+
+    def get(self, timeout: float) -> EncodedSegment:
+        with self._changed:
+            if not self._changed.wait_for(lambda: bool(self._items), timeout):
+                raise queue.Empty
+            return self._take()
+
+    def get_nowait(self) -> EncodedSegment:
+        with self._changed:
+            if not self._items:
+                raise queue.Empty
+            return self._take()
+
+    def empty(self) -> bool:
+        with self._changed:
+            return not self._items
+
+    @property
+    def nbytes(self) -> int:
+        with self._changed:
+            return self._bytes
+
+    def _take(self) -> EncodedSegment:
+        segment = self._items.popleft()
+        self._bytes -= len(segment.data)
+        self._changed.notify_all()
+        return segment
+
+
 class SpoolWriter:
     def __init__(self, spool: Spool, sink: EventSink, drain_s: float = SPOOL_DRAIN_S) -> None:
         self._spool = spool
         self._sink = sink
         self._drain_s = drain_s
-        self._segments: queue.Queue[EncodedSegment] = queue.Queue(SPOOL_QUEUE_SEGMENTS)
+        self._segments = SegmentQueue(SPOOL_QUEUE_BYTES)
         self._stopping = threading.Event()
         self._deadline_s = math.inf  # monotonic; set by stop()
         # who reports a segment that was not stored: the thread, until stop() gives it up
@@ -65,7 +116,7 @@ class SpoolWriter:
         self._thread.start()
 
     def put(self, segment: EncodedSegment) -> None:
-        """From the encode thread; blocks only when the disk is SPOOL_QUEUE_SEGMENTS behind.
+        """From the encode thread; blocks only when the disk is SPOOL_QUEUE_BYTES behind.
         A segment put after the stop is reported, never silently left in the queue."""
         with self._lock:
             given_up = self._given_up
