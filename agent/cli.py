@@ -22,7 +22,6 @@ from agent.service.config import (
 )
 from agent.service.runner import serve
 from agent.spool.store import Spool, SpoolError
-from agent.tools.station_key import KEY_NAME, PUBLIC_NAME, load_or_make_key, write_key_files
 from agent.tools.terminal import narrow_help
 
 log = logging.getLogger("agent")
@@ -91,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
 def demo_config(output: Path) -> AgentConfig:
     """The embedded default: synthetic camera, local spool, local upload target, a station key
     (made under output/keys on the first run) so the recording is signed and verifiable."""
+    # (imported here: `run` starts without the technicians' tools)
+    from agent.tools.station_key import KEY_NAME, load_or_make_key, write_key_files
+
     keys = output / "keys"
     keys.mkdir(parents=True, exist_ok=True)
     key, new = load_or_make_key(keys)
@@ -131,6 +133,8 @@ def _demo(args: argparse.Namespace) -> int:
         log.debug("no recording to show: %s", exc)
     else:
         print(f"demo: the recording is {station / recording_id / 'archive.m3u8'}", file=sys.stderr)
+        from agent.tools.station_key import PUBLIC_NAME
+
         public = args.output / "keys" / PUBLIC_NAME
         print(
             f"demo: check it with: station-agent verify {station} --key {public}", file=sys.stderr
