@@ -12,7 +12,7 @@
    with HTTP only and with HTTP + RTMP, in alternating windows of the same run (pairs A/B, each
    after a warm-up); the cost is the median over pairs of (B - A) / A. Target: < 5 %.
 
-    .venv/bin/python -m bench.rtmp_latency [--latency-s 60] [--pairs 4] [--window-s 15]
+    .venv/bin/python -m bench.rtmp_latency [--latency-s 60] [--pairs 6] [--window-s 15]
                                            [--source test:noise]
 
 The camera is the noisy test pattern by default: the encoder then fills the rung's 2.5 Mbit/s as
@@ -270,7 +270,7 @@ def cpu_cost(work: Path, nginx: Nginx, pairs: int, window_s: float, source: str)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency-s", type=float, default=60.0)
-    parser.add_argument("--pairs", type=int, default=4)
+    parser.add_argument("--pairs", type=int, default=6)
     parser.add_argument("--window-s", type=float, default=15.0)
     parser.add_argument("--source", default="test:noise", help="the camera (test: or test:noise)")
     args = parser.parse_args(argv)

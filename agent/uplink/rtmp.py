@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import select
 import selectors
 import subprocess
 import sys
@@ -61,6 +62,17 @@ BITRATE_WINDOW_S = 10.0  # the heartbeat's bitrate: bytes sent over the last 10 
 POLL_S = 0.5  # the supervisor's and the feeder's longest wait
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """All of `data` into a non-blocking pipe, waiting for room; OSError (EPIPE) when the
+    reader is gone, which is also how a killed publisher ends the wait."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            select.select([], [fd], [], POLL_S)
+
+
 class RtmpOutput:
     """One live RTMP output; a SegmentOutput (start, stop, wake, credentials, status)."""
 
@@ -85,6 +97,11 @@ class RtmpOutput:
         self._queue = LiveQueue(cfg.max_lag_s)
         self._queue.counting = False  # drops count while a publish is on the air
         self._control: deque[bytes] = deque()  # settings / wake frames for the feeder to write
+        # the publisher's stdin (non-blocking) while a feeder runs; one writer at a time: the
+        # encode thread (offer) or the feeder, which also finishes a frame the pipe took in part
+        self._fd: int | None = None
+        self._pending = b""
+        self._feeder_writing = False
         self._cond = threading.Condition()  # guards the queue, the control frames, the counters
         self._stop = threading.Event()
         self._stop_by_s = 0.0  # set by stop(): when the publisher must have ended its publish
@@ -110,11 +127,33 @@ class RtmpOutput:
     # -- the encoder's side -------------------------------------------------------------------
 
     def offer(self, packet: EncodedPacket) -> None:
-        """From the encode thread: queue the packet and return at once."""
+        """From the encode thread: queue the packet and return at once. While the pipe takes
+        it without waiting (the usual case) it goes straight in: no thread hand-over per frame
+        (the hot path of the CPU budget); otherwise the feeder thread writes it."""
         with self._cond:
-            self._queue.push(packet, self._clock())
+            now_s = self._clock()
+            self._queue.push(packet, now_s)
+            fd = self._fd
+            if fd is not None and not (self._feeder_writing or self._pending or self._control):
+                self._write_nowait(fd, now_s)
             self._count_drops(self._queue.take_drops())
-            self._cond.notify()
+            if self._pending or self._control or len(self._queue):
+                self._cond.notify()
+
+    def _write_nowait(self, fd: int, now_s: float) -> None:
+        """(Holding the lock) queued packets into the pipe while it takes them; the rest of a
+        frame it took in part waits in `_pending` for the feeder."""
+        while (packet := self._queue.pop(now_s)) is not None:
+            data = pipe.encode_packet(packet)
+            try:
+                written = os.write(fd, data)
+            except BlockingIOError:
+                written = 0
+            except OSError:  # the publisher is gone; the supervisor restarts it
+                return
+            if written < len(data):
+                self._pending = data[written:]
+                return
 
     def _count_drops(self, drops: Drops) -> None:
         if drops:
@@ -255,28 +294,41 @@ class RtmpOutput:
             )
 
     def _feed(self, stdin: IO[bytes]) -> None:
-        """The only writer of the publisher's stdin: control frames first, then packets."""
+        """Writes to the publisher's stdin what `offer` could not: the rest of a frame the pipe
+        took in part, control frames, packets that waited; and QUIT at the stop."""
+        fd = stdin.fileno()
+        os.set_blocking(fd, False)
+        with self._cond:
+            self._pending, self._fd = b"", fd
         try:
             while True:
                 with self._cond:
                     data = self._next_frame()
-                if data is None:
-                    stdin.write(pipe.frame(pipe.QUIT))
-                    stdin.flush()
-                    return
-                stdin.write(data)
-                stdin.flush()
-        except (BrokenPipeError, OSError, ValueError):
+                    self._feeder_writing = data is not None
+                    if data is None:  # stopping: the encode thread writes no more
+                        data, self._pending, self._fd = self._pending, b"", None
+                        break
+                _write_all(fd, data)
+                with self._cond:
+                    self._feeder_writing = False
+            _write_all(fd, data + pipe.frame(pipe.QUIT))
+        except OSError:
             return  # the publisher went away; the supervisor restarts it
         finally:
+            with self._cond:
+                self._fd, self._feeder_writing = None, False
             try:
                 stdin.close()
-            except (BrokenPipeError, OSError):
+            except OSError:
                 pass  # it is gone already
 
     def _next_frame(self) -> bytes | None:
-        """(Holding the lock) the next frame to write, waiting for one; None when stopping."""
+        """(Holding the lock) the next bytes to write, waiting for some; None when stopping.
+        A frame's rest first (nothing may come between), then control frames, then packets."""
         while not self._stop.is_set():
+            if self._pending:
+                data, self._pending = self._pending, b""
+                return data
             if self._control:
                 return self._control.popleft()
             packet = self._queue.pop(self._clock())
