@@ -6,12 +6,13 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 
-from agent.capture.av_source import AvSource
-from agent.capture.frames import frame_size, i420_from_av, planes
-from agent.capture.sources import SourceError, open_source
+from agent.capture.av_source import AvSource, camera_frame
+from agent.capture.frames import frame_size, i420_from_av, planes, to_bgr
+from agent.capture.sources import SourceError, open_capture_source, open_source
 from tests.peers.nginx import Nginx
 from tests.peers.ports import free_port
 
@@ -145,3 +146,33 @@ def test_a_network_stream_that_ends_is_a_source_error(tmp_path: Path, nginx: Ngi
         assert got == FRAMES
     finally:
         source.close()
+
+
+def test_a_v4l2_cameras_own_frames_become_i420_without_bgr() -> None:
+    """What OpenCV hands over with CONVERT_RGB off: MJPEG bytes in one row, or YUYV (h, w, 2);
+    a backend that converted anyway gives BGR, taken as it is."""
+    decoder = av.CodecContext.create("mjpeg", "r")
+    assert isinstance(decoder, av.VideoCodecContext)
+    expected_y, _, _ = planes(gradient(0))
+    picture = to_bgr(gradient(0))
+    ok, jpeg = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    decoded = camera_frame(jpeg.reshape(1, -1), decoder)
+    assert isinstance(decoded, av.VideoFrame)
+    y, u, v = planes(i420_from_av(decoded))
+    assert np.abs(y.astype(int) - expected_y.astype(int)).mean() < 3  # video range, as sent
+    assert abs(int(u.mean()) - 90) <= 4 and abs(int(v.mean()) - 160) <= 4
+    yuyv = av.VideoFrame.from_ndarray(gradient(0), format="yuv420p").reformat(format="yuyv422")
+    raw = yuyv.to_ndarray()  # (h, w, 2), as V4L2 delivers YUYV
+    from_yuyv = camera_frame(raw, decoder)
+    assert isinstance(from_yuyv, av.VideoFrame)
+    y, _, _ = planes(i420_from_av(from_yuyv))
+    assert np.abs(y.astype(int) - expected_y.astype(int)).max() <= 1
+    assert camera_frame(picture, decoder) is picture
+    with pytest.raises(ValueError, match="neither JPEG nor YUYV"):
+        camera_frame(np.zeros((1, 64), np.uint8), decoder)
+
+
+def test_a_camera_that_is_not_there_is_a_source_error() -> None:
+    with pytest.raises(SourceError):
+        open_capture_source("v4l2:/dev/video-none", W, H, FPS).open()

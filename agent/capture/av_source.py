@@ -19,8 +19,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import av
+import numpy as np
 
-from agent.capture.sources import SourceError
+from agent.capture.sources import SourceError, V4l2Source
 from agent.core.redact import redact_url
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ OPEN_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 5.0
 # RTSP over TCP: a lost UDP packet is a broken picture; TCP only delays it (cameras on a LAN)
 RTSP_OPTIONS = {"rtsp_transport": "tcp"}
+JPEG_START = b"\xff\xd8"
+BAD_FRAME_LOG_EVERY = 100  # a camera sending damaged frames is logged once, then every Nth
 
 
 class AvSource:
@@ -114,3 +117,51 @@ class AvSource:
             self._frames = None
             self._container.close()
             self._container = None
+
+
+class V4l2RawSource(V4l2Source):
+    """A V4L2 camera's own frames, not OpenCV's BGR: OpenCV opens the device (MJPG asked for)
+    but hands over the camera's buffer as it came, and PyAV decodes it to YUV. MJPEG decoded by
+    FFmpeg to 4:2:2 and scaled to I420 once cost 3.4 ms per 720p frame here against 4.4 ms for
+    OpenCV's decode to BGR and the conversion back. A YUYV camera's frame is converted to I420
+    directly. Should OpenCV convert after all (a backend that ignores CONVERT_RGB), its BGR
+    frame is taken as it is."""
+
+    convert_rgb = False
+
+    def __init__(self, spec: str, width: int, height: int, fps: int) -> None:
+        super().__init__(spec, width, height, fps)
+        decoder = av.CodecContext.create("mjpeg", "r")
+        if not isinstance(decoder, av.VideoCodecContext):
+            raise TypeError("PyAV's mjpeg is not a video decoder")
+        self._decoder = decoder
+        self._bad_frames = 0
+
+    def read(self) -> np.ndarray | av.VideoFrame | None:  # type: ignore[override]
+        raw = super().read()
+        if raw is None:
+            return None
+        try:
+            return camera_frame(raw, self._decoder)
+        except (av.FFmpegError, ValueError) as exc:  # a damaged JPEG: this frame is lost
+            if self._bad_frames % BAD_FRAME_LOG_EVERY == 0:
+                count = self._bad_frames + 1
+                log.warning("%s: undecodable frame (%d so far): %s", self._spec, count, exc)
+            self._bad_frames += 1
+            return None
+
+
+def camera_frame(
+    raw: np.ndarray, decoder: av.VideoCodecContext
+) -> np.ndarray | av.VideoFrame | None:
+    """A V4L2 buffer as OpenCV returns it without conversion: MJPEG bytes (one row), YUYV
+    (h, w, 2), or already BGR (h, w, 3). Decoded frames go to the capture as PyAV frames."""
+    if raw.ndim == 3 and raw.shape[2] == 3:
+        return raw
+    if raw.ndim == 3 and raw.shape[2] == 2:
+        return av.VideoFrame.from_ndarray(np.ascontiguousarray(raw), format="yuyv422")
+    data = raw.reshape(-1).tobytes()
+    if data[:2] != JPEG_START:
+        raise ValueError(f"neither JPEG nor YUYV: {raw.shape} {data[:4].hex()}")
+    frames = decoder.decode(av.Packet(data))
+    return frames[-1] if frames else None

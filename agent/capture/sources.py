@@ -5,9 +5,9 @@ about one frame interval and returns None when no frame came; raising `SourceErr
 source is broken and the capture loop will reopen it with backoff.
 
 `open_source()` gives the tools (check, health, mask, provision) BGR frames (h, w, 3).
-`open_capture_source()` gives the capture thread what each source has: the decoder's frames for
-files and IP cameras (agent/capture/av_source.py), which go to the encoder as I420 with no BGR
-round trip (agent/capture/frames.py), and BGR for the test pattern and V4L2.
+`open_capture_source()` gives the capture thread what each source has: decoded frames for files,
+IP cameras and V4L2 cameras (agent/capture/av_source.py), which go to the encoder as I420 with no
+BGR round trip (agent/capture/frames.py), and BGR for the test pattern.
 """
 
 from __future__ import annotations
@@ -146,6 +146,8 @@ def _bars(width: int, height: int) -> np.ndarray:
 class V4l2Source:
     """V4L2 cameras through cv2.VideoCapture, asked for MJPG at the configured size and rate."""
 
+    convert_rgb = True  # False: the camera's buffer as it came (MJPEG bytes, YUYV)
+
     def __init__(self, spec: str, width: int, height: int, fps: int) -> None:
         self._spec, self._width, self._height, self._fps = spec, width, height, fps
         self.description = spec
@@ -160,6 +162,8 @@ class V4l2Source:
         cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self._height)
         cap.set(cv2.CAP_PROP_FPS, self._fps)
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        if not self.convert_rgb:
+            cap.set(cv2.CAP_PROP_CONVERT_RGB, 0)
         if not cap.isOpened():
             cap.release()
             raise SourceError(f"cannot open {self._spec}")
@@ -213,10 +217,10 @@ def open_capture_source(spec: str, width: int, height: int, fps: int) -> Capture
     the capture copies once into its own I420 buffers; the others BGR."""
     if spec.startswith("test:"):
         return TestPatternSource(width, height, fps, noise=spec == "test:noise")
-    if spec.startswith("v4l2:"):
-        return V4l2Source(spec, width, height, fps)
-    from agent.capture.av_source import AvSource  # (it imports SourceError from here)
+    from agent.capture.av_source import AvSource, V4l2RawSource  # (they import from here)
 
+    if spec.startswith("v4l2:"):
+        return V4l2RawSource(spec, width, height, fps)
     return AvSource(spec, width, height, fps)
 
 
