@@ -164,6 +164,10 @@ class AlarmBook:
                     return acked
         return None
 
+    def by_station(self) -> dict[str, dict[str, Alarm]]:
+        """station -> cause -> alarm, for stations with an active alarm (do not modify)."""
+        return self._active
+
     def of(self, station_id: str) -> dict[str, Alarm]:
         return self._active.get(station_id, {})
 

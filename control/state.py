@@ -9,7 +9,7 @@ our wall clock; staleness uses our monotonic clock.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -212,20 +212,18 @@ class StationState:
 
     def to_record(self, now_s: float, wall_s: float) -> dict[str, Any]:
         """A JSON-able dict; monotonic times become wall-clock times."""
-        record = asdict(self)
-        for name in _MONO_FIELDS:
-            mono = record.pop(name)
-            record[name.replace("_mono_s", "_wall_s_at")] = (
-                None if mono is None else wall_s - (now_s - mono)
-            )
+        record = {name: getattr(self, name) for name in _PLAIN_FIELDS}  # flat: no deep copy
+        for name, wall_name in _MONO_WALL:
+            mono = getattr(self, name)
+            record[wall_name] = None if mono is None else wall_s - (now_s - mono)
         record["health_flags"] = list(self.health_flags)
         return record
 
     @classmethod
     def from_record(cls, record: dict[str, Any], now_s: float, wall_s: float) -> StationState:
         values = {k: v for k, v in record.items() if k in _FIELDS}
-        for name in _MONO_FIELDS:
-            wall = record.get(name.replace("_mono_s", "_wall_s_at"))
+        for name, wall_name in _MONO_WALL:
+            wall = record.get(wall_name)
             values[name] = None if wall is None else now_s - (wall_s - wall)
         values["health_flags"] = tuple(record.get("health_flags") or ())
         return cls(**values)
@@ -238,4 +236,6 @@ _MONO_FIELDS = (
     "loss_mono_s",
     "disk_low_mono_s",
 )
-_FIELDS = {f.name for f in fields(StationState)} - set(_MONO_FIELDS)
+_MONO_WALL = tuple((name, name.replace("_mono_s", "_wall_s_at")) for name in _MONO_FIELDS)
+_PLAIN_FIELDS = tuple(f.name for f in fields(StationState) if f.name not in _MONO_FIELDS)
+_FIELDS = set(_PLAIN_FIELDS)

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.core.config import ConfigError
 from control.web.app import WebServer
@@ -183,5 +185,49 @@ def test_dashboard_roles_api_commands_alarms_report_and_webhooks(
         assert status == 200 and [r["station_id"] for r in rows] == list(sim.stations)
         assert rows[0]["alarms"] == "1"
         assert reader.open("/station/NOPE-1")[0] == 404
+    finally:
+        server.stop()
+
+
+def test_signed_commands_and_the_proxy_user_header(
+    mosquitto: Mosquitto,
+    control_factory: ControlFactory,
+    simulator_factory: SimulatorFactory,
+    tmp_path: Path,
+) -> None:
+    key = Ed25519PrivateKey.generate()
+    key_file = tmp_path / "command-key.pem"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )  # fmt: skip
+    )
+    key_file.chmod(0o600)
+    users = tmp_path / "control" / "users"
+    add_user(users, "maria", "operator", PASSWORD)
+    svc = control_factory(
+        mosquitto,
+        commands={"key_file": str(key_file)},
+        web={"user_header": "X-Remote-User"},
+    )
+    server = WebServer(svc).start()
+    sim = simulator_factory(mosquitto, 2, command_key=key.public_key())  # checks signatures
+    try:
+        proxied = Browser(server.url)
+        proxied.opener.addheaders = [("X-Remote-User", "maria")]
+        status, session = proxied.api("/api/session")
+        assert status == 200 and session["role"] == "operator"
+        proxied.csrf = session["csrf"]
+        assert wait_until(lambda: proxied.api("/api/overview")[1]["counts"]["ok"] == 2, 20)
+        status, reply = proxied.api("/api/stations/SIM-0001/commands/restart_capture", {})
+        assert status == 200 and reply["ok"], reply
+        (audit,) = svc.store.audit(station_id="SIM-0001")
+        assert audit.signed and audit.user == "maria" and audit.ok
+        assert sim.commands_answered == 1
+        stranger = Browser(server.url)
+        stranger.opener.addheaders = [("X-Remote-User", "nobody")]
+        assert stranger.api("/api/session")[0] == 401  # not in the users file
     finally:
         server.stop()
