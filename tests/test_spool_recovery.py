@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from agent.core.events import RecordingSink
 from agent.encode.encoder import PTS_HZ, VideoEncoder
 from agent.encode.segmenter import EncodedSegment, SegmentWriter
 from agent.spool import store
+from agent.spool.recovery import Recovery, RecoveryReport
 from agent.spool.store import Spool
 from agent.tools.spool_cli import verify_spool
 
@@ -190,6 +192,39 @@ def test_a_big_reindex_goes_on_in_the_background_while_recording(
     assert verify_spool(tmp_path, spool) == []  # the re-entries link; the chain holds
     recovered = sink.wait_for("spool_recovered", 0)
     assert recovered is not None and recovered.fields["reindexed_segments"] == 4
+
+
+def test_a_segment_stored_midway_through_the_background_reindex_keeps_the_chain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The live segment is stored after the background re-index wrote 0..2 but before 3: it
+    links to 2's hash, and `spool verify` must accept that link into the re-indexed run."""
+    sink = RecordingSink()
+    spool = open_spool(tmp_path, sink)
+    segments = real_segments(6)
+    for segment in segments[:4]:
+        spool.add(segment)
+    spool.close()
+    (tmp_path / "index.sqlite").write_bytes(b"garbage" * 1000)
+    monkeypatch.setattr(store, "REINDEX_AT_OPEN_S", 0.0)
+    first_three, live_stored = threading.Event(), threading.Event()
+    reindex = Recovery.reindex
+
+    def paced(self: Recovery, seq: int, report: RecoveryReport) -> None:
+        if seq == 3:
+            first_three.set()
+            assert live_stored.wait(30)
+        reindex(self, seq, report)
+
+    monkeypatch.setattr(Recovery, "reindex", paced)
+    spool = open_spool(tmp_path, sink)
+    assert first_three.wait(30)
+    live = spool.add(segments[4])
+    live_stored.set()
+    assert spool.wait_recovered(30)
+    assert live.prev_sha256 == spool.get(2).sha256  # the case this test is about
+    assert spool.add(segments[5]).seq == 5
+    assert verify_spool(tmp_path, spool) == []
 
 
 def test_verify_and_ls_show_the_recording(tmp_path: Path) -> None:

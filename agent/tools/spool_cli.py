@@ -79,18 +79,20 @@ def verify_spool(path: Path, spool: Spool) -> list[str]:
 
     Each row links to the row before it. Segment files re-indexed at start are inserted into
     the chain where their sequence number puts them (a background re-index may place them
-    under a segment recorded meanwhile), so a row may instead link past a run of re-indexed
-    rows to the row before that run (or to the genesis)."""
+    under a segment recorded meanwhile), so a row after a run of re-indexed rows may instead
+    link to the row before that run (or to the genesis) or to any row of the run (the ones the
+    background re-index had already written when that segment was stored)."""
     problems: list[str] = []
     records = spool.segments()
     lost = {seq for seq, _, _ in spool.lost()}
     previous: SegmentRecord | None = None
     before_reentry = GENESIS_SHA256  # the chain as it stood before a run of re-indexed rows
+    reentry: set[str] = set()  # the hashes of the current run of re-indexed rows
     for record in records:
         problems += _check_file(path, record)
         expected = {previous.sha256 if previous else GENESIS_SHA256}
         if previous is not None and previous.recovered:
-            expected.add(before_reentry)
+            expected |= {before_reentry, *reentry}
         if previous is not None and record.seq != previous.seq + 1:
             holes = set(range(previous.seq + 1, record.seq)) - lost
             if holes:
@@ -105,8 +107,11 @@ def verify_spool(path: Path, spool: Spool) -> list[str]:
                 f"{record.prev_sha256[:12]} != {previous.sha256[:12] if previous else 'genesis'}"
                 f" of segment {previous.seq if previous else 'genesis'})"
             )
-        if not record.recovered:
+        if record.recovered:
+            reentry.add(record.sha256)
+        else:
             before_reentry = record.sha256
+            reentry = set()
         previous = record
     indexed = {r.seq for r in records if not r.evicted}
     for entry in sorted((path / SEGMENT_DIR).glob("*")):
