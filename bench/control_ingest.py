@@ -163,7 +163,7 @@ def main() -> int:
             svc, control_s = drain_control(cfg, control_expected)
             control_cpu_s = time.process_time() - cpu0
             try:
-                svc.centre.flush()
+                svc.centre.flush(everything=True)
                 counters = svc.ingest.counters
                 server = WebServer(svc).start()
                 api, page = time_overview(server.url)

@@ -74,6 +74,8 @@ def station_causes(
         causes["disk_low"] = _disk_text(st)
     if st.clock_skew_s is not None and abs(st.clock_skew_s) > cfg.clock_max_skew_s:
         causes["clock"] = f"box clock {st.clock_skew_s:+.0f} s off"
+    elif st.ntp_synchronized is False and cfg.ntp_required:
+        causes["clock"] = "the box's clock is not synchronised by NTP"
     return causes
 
 

@@ -115,6 +115,8 @@ class AlarmConfig(Section):
     # A box clock more than this off the control centre's (both on NTP) is wrong: overlay times
     # and playlist times would mislead viewers.
     clock_max_skew_s: float = Field(30.0, ge=1, le=86_400)
+    # Also alarm when a box says NTP does not keep its clock (heartbeat clock section).
+    ntp_required: bool = True
     # A station offline for less than this raises no alarm yet (it shows offline at once): a
     # broker restart sends every station's last will, and the stations are back in seconds.
     offline_after_s: float = Field(15.0, ge=0, le=3600)

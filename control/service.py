@@ -53,7 +53,7 @@ class ControlService:
         self.ingest.stop()
         if self._flusher.is_alive():
             self._flusher.join()
-        self.centre.flush()
+        self.centre.flush(everything=True)
         self.webhooks.stop()
         self.store.close()
 

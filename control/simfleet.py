@@ -183,6 +183,12 @@ class SimStation:
                 "lost_segments": self.lost_segments,
             },
             "health": {"flags": flags},
+            "clock": {
+                "ntp_synchronized": True,
+                "time_zone": "Europe/Vienna",
+                "utc_offset": "+01:00",
+                "utc_offset_s": 3600,
+            },  # fmt: skip
             "telemetry": {"mode": "mqtt", "connected": True, "last_error": None},
         }
 

@@ -75,6 +75,7 @@ class StationState:
     spool_total_bytes: int | None = None
     lost_segments: int = 0
     clock_skew_s: float | None = None
+    ntp_synchronized: bool | None = None  # the box's own view (heartbeat clock section)
     cpu_percent: float | None = None
     temperature_c: float | None = None
     status_error: str = ""
@@ -107,6 +108,8 @@ class StationState:
         status = ONLINE if msg.get("state") == "online" else OFFLINE
         if status != self.status:
             self.status_mono_s = now_s
+            if status == ONLINE:
+                self.heartbeat_mono_s = None  # back: silent only after a new expiry
         self.status = status
         self.status_utc = str(msg.get("at_utc", ""))
         self.version = str(msg.get("version", self.version))
@@ -169,6 +172,10 @@ class StationState:
             if lost > self.lost_segments:
                 self.loss_mono_s = now_s
             self.lost_segments = lost
+        clock = msg.get("clock")
+        if isinstance(clock, dict):
+            ntp = clock.get("ntp_synchronized")
+            self.ntp_synchronized = ntp if isinstance(ntp, bool) else None
         health = msg.get("health")
         if isinstance(health, dict) and isinstance(health.get("flags"), list):
             self.health_flags = tuple(str(f) for f in health["flags"])

@@ -45,7 +45,7 @@ def render(ov: dict[str, Any], now_s: float, rows: int, colour: bool = False) ->
         lag = "" if r["live_lag_s"] is None else f"{r['live_lag_s']:.0f}s"
         cells = (r["station_id"], STATE_TITLES[r["state"]], problems, r["rung"] or "-", lag,
                  _ago(r["seen_wall_s"], now_s))  # fmt: skip
-        line = " ".join(_fit(str(c), w) for (w, _), c in zip(COLUMNS, cells, strict=True))
+        line = " ".join(_fit(str(c), w).ljust(w) for (w, _), c in zip(COLUMNS, cells, strict=True))
         line = line.rstrip()
         if colour and ANSI.get(r["state"]):
             line = f"{ANSI[r['state']]}{line}{RESET}"

@@ -107,7 +107,9 @@ def test_control_centre_with_real_agents(
         a.start()  # back: the alarm clears, acknowledged and with its times
         assert wait_until(lambda: state("TEST-A") == "ok", START_S), a.stderr()[-2000:]
         assert wait_until(lambda: svc.store.alarms(station_id="TEST-A")[0].cleared_wall_s, 10)
-        (history,) = svc.store.alarms(station_id="TEST-A")  # one alarm: no stale, no second
+        alarms = svc.store.alarms(station_id="TEST-A")
+        assert [x.cause for x in alarms] == ["offline"], alarms  # no stale, no second
+        history = alarms[0]
         assert (history.cause, history.acked_by) == ("offline", "maria")
         assert history.started_wall_s < history.cleared_wall_s  # type: ignore[operator]
         assert [e.kind for e in svc.store.events("TEST-A", 0)].count("agent_started") == 2

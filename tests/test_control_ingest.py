@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.tools.provision import read_roster as provision_roster
 from control.alarms import AlarmBook, station_causes
 from control.centre import ControlCentre, OverviewQuery
 from control.config import AlarmConfig, StoreConfig
@@ -41,6 +42,7 @@ def test_roster_reads_the_provisioning_file_with_the_centres_columns(tmp_path: P
     assert roster["AZ-0002"].name == "Town hall" and roster["AZ-0002"].region == "South"
     assert roster["AZ-0001"].address == "1 Main Street, North"
     assert roster["AZ-0001"].lat == 48.0 and roster["AZ-0002"].lon == 16.1
+    assert len(provision_roster(path)) == 2  # the technicians' tool takes the same file
     example = Path(__file__).parents[1] / "provisioning" / "roster.example.csv"
     assert list(read_roster(example)) == ["AZ-0001", "AZ-0002", "AZ-0003"]  # no extra columns
 
@@ -141,6 +143,10 @@ def test_uplink_loss_disk_and_clock_causes() -> None:
         "clock",
     }, causes
     assert "-60 s off" in causes["clock"]
+    beat = sim.heartbeat(WALL0 + 410)
+    beat["clock"]["ntp_synchronized"] = False
+    st.apply_heartbeat(beat, 410.0, WALL0 + 410, 20.0)
+    assert "NTP" in (station_causes(st, 410.0, CFG, 0.0) or {})["clock"]
     assert "loss" not in (station_causes(st, 400.0 + CFG.event_hold_s + 1, CFG, 0.0) or {})
 
 

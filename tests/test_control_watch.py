@@ -36,7 +36,8 @@ def test_render_fits_80_columns_problems_first() -> None:
     text = render(ov, 2000.0, rows=2)
     lines = text.splitlines()
     assert all(len(line) <= WIDTH for line in lines), [len(x) for x in lines]
-    assert lines[3].startswith("AZ-0001-WIT… OFFLINE") and lines[4].startswith("AZ-0002")
+    assert lines[3].startswith("AZ-0001-WIT… OFFLINE    a problem with a very long t… -")
+    assert lines[4].startswith("AZ-0002      problem    ")
     assert lines[-1] == "... and 1 more (the web overview filters and pages)"
 
 

@@ -60,6 +60,7 @@ REQUIRED_COLUMNS = ("station_id", "camera", "upload_url")
 ROSTER_COLUMNS = (
     "station_id", "camera", "width", "height", "fps", "upload_url", "upload_token_file",
     "mqtt_url", "mqtt_username", "mqtt_password_file", "mqtt_prefix", "spool_path",
+    "name", "region", "address", "lat", "lon",  # for the control centre (control/roster.py)
 )  # fmt: skip
 INT_COLUMNS = ("width", "height", "fps")
 
