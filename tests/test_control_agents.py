@@ -112,7 +112,11 @@ def test_control_centre_with_real_agents(
         history = alarms[0]
         assert (history.cause, history.acked_by) == ("offline", "maria")
         assert history.started_wall_s < history.cleared_wall_s  # type: ignore[operator]
-        assert [e.kind for e in svc.store.events("TEST-A", 0)].count("agent_started") == 2
+
+        def started() -> int:
+            return [e.kind for e in svc.store.events("TEST-A", 0)].count("agent_started")
+
+        assert wait_until(lambda: started() == 2, 15)  # both runs, each once
 
         # The control centre restarts: state and history are still there.
         events = svc.store.event_count()
