@@ -13,7 +13,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -84,6 +84,14 @@ class ControlCentre:
         self._sampled_s: dict[str, float] = {}
         self._alarm_changes: list[Alarm] = []
         self._pruned_s = -PRUNE_EVERY_S
+        # Online stations in the order we last heard them (the sweep looks at the front only);
+        # offline stations whose alarm is not raised yet.
+        self._heard: OrderedDict[str, None] = OrderedDict(
+            (st.station_id, None)
+            for st in sorted(self.stations.values(), key=lambda s: s.heartbeat_mono_s or -1e18)
+            if st.status == ONLINE
+        )
+        self._offline_due = {sid for sid, st in self.stations.items() if st.status == OFFLINE}
         self._swept_s = -SWEEP_EVERY_S
         self.duplicates = 0
 
@@ -117,6 +125,7 @@ class ControlCentre:
             st = self._station(sid)
             was = st.status
             st.apply_status(msg, now_s, wall_s)
+            self._heard_now(st)
             self._evaluate(st, now_s, wall_s)
             self._dirty[sid] = self._dirty.get(sid, False) or was != st.status
 
@@ -126,6 +135,7 @@ class ControlCentre:
             st = self._station(sid)
             was = st.status
             st.apply_heartbeat(msg, now_s, wall_s, expiry_s)
+            self._heard_now(st)
             self._evaluate(st, now_s, wall_s)
             self._dirty.setdefault(sid, was != st.status)
             if now_s - self._sampled_s.get(sid, -1e18) >= self.store_cfg.sample_every_s:
@@ -135,6 +145,18 @@ class ControlCentre:
                     Sample(sid, wall_s, st.rung, int(height) if height.isdigit() else None,
                            st.bitrate_bps_actual, st.live_lag_s)
                 )  # fmt: skip
+
+    def _heard_now(self, st: StationState) -> None:
+        """Under the lock, after a status or heartbeat: keeps the sweep's order."""
+        sid = st.station_id
+        if st.status == ONLINE:
+            self._heard[sid] = None
+            self._heard.move_to_end(sid)
+            self._offline_due.discard(sid)
+        else:
+            self._heard.pop(sid, None)
+            if st.status == OFFLINE:
+                self._offline_due.add(sid)
 
     def on_event(self, sid: str, msg: dict[str, Any]) -> None:
         now_s, wall_s = self._mono(), self._wall()
@@ -194,18 +216,24 @@ class ControlCentre:
             if self._listening_since_s is None:
                 return  # our own link is down: silence says nothing about the stations
             since_s = self._listening_since_s
-            due = {a.station_id for a in self.alarms}
-            for sid, st in self.stations.items():
-                if st.status == OFFLINE and "offline" not in self.alarms.of(sid):
-                    due.add(sid)  # offline for a while now: the alarm is due
-                elif st.status == ONLINE:
-                    last_s = st.heartbeat_mono_s if st.heartbeat_mono_s is not None else since_s
-                    if now_s - max(last_s, since_s) > st.heartbeat_expiry_s:
-                        due.add(sid)
+            due = {a.station_id for a in self.alarms} | self._offline_due
+            # Online stations, least recently heard first: stop at the first one heard within
+            # its expiry (with mixed expiries, a shorter one behind a longer one waits at most
+            # the longer one).
+            for sid in self._heard:
+                st = self.stations[sid]
+                last_s = st.heartbeat_mono_s if st.heartbeat_mono_s is not None else since_s
+                if now_s - max(last_s, since_s) <= st.heartbeat_expiry_s:
+                    break
+                due.add(sid)
             for sid in due:
                 station = self.stations.get(sid)
                 if station is not None:
                     self._evaluate(station, now_s, wall_s)
+            self._offline_due = {
+                sid for sid in self._offline_due
+                if self.stations[sid].status == OFFLINE and "offline" not in self.alarms.of(sid)
+            }  # fmt: skip
 
     def acknowledge(self, alarm_id: str, user: str) -> Alarm | None:
         wall_s = self._wall()

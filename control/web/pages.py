@@ -201,7 +201,7 @@ def station_page(
             )
             + "</section>"
         )
-    taken = f"taken {when(snapshot_wall_s)} UTC" if snapshot_wall_s else "being fetched"
+    taken = f"taken {when(snapshot_wall_s)} UTC" if snapshot_wall_s else "taken now"
     snap = (
         f'<figure class="snapshot"><img id="snapshot" src="{path}/snapshot.jpg" '
         f'alt="latest picture of {e(sid)}" width="320">'
@@ -372,12 +372,21 @@ def svg_chart(samples: list[Sample], now_s: float, hours: float) -> str:
         'aria-label="picture height and live lag">'
         f'<rect x="{PAD}" y="4" width="{CHART_W - 2 * PAD}" height="{plot_h}" class="plot"/>'
         f'<polyline points="{rung}" class="rung"/><polyline points="{lag}" class="lag"/>'
+        f"{_last_point(rung, 'rung')}{_last_point(lag, 'lag')}"
         f'<text x="4" y="14" class="label rung-label">{top_h:.0f}p</text>'
         f'<text x="{CHART_W - 4}" y="14" class="label lag-label" text-anchor="end">'
         f"{top_lag:.0f} s</text>{_axis(now_s, hours, CHART_H)}"
         f'<text x="{PAD + 4}" y="{plot_h}" class="label"><tspan class="rung-label">'
         '— picture height</tspan> <tspan class="lag-label">— live lag</tspan></text></svg>'
     )
+
+
+def _last_point(points: str, css: str) -> str:
+    """A dot on the newest sample: a single sample is visible too."""
+    if not points:
+        return ""
+    x, y = points.rsplit(" ", 1)[-1].split(",")
+    return f'<circle cx="{x}" cy="{y}" r="3" class="{css}-dot"/>'
 
 
 def svg_timeline(events: list[EventRow], now_s: float, hours: float) -> str:
