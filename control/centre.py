@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 # writes everything); status changes and alarms at the next flush. 100,000 stations: 1,700
 # records a second.
 STATE_EVERY_S = 60.0
+# Routine records written per flush at most: the records are made under the lock the ingest
+# and the pages wait for (~10 us each); a fleet that changed all at once (a restart, a burst)
+# spreads out over the following flushes instead of stalling everything each minute.
+MAX_RECORDS_PER_FLUSH = 5_000
 PRUNE_EVERY_S = 3600.0
 # Stale checks look at the whole fleet; a heartbeat expiry is 20 s, so every 2 s is plenty.
 SWEEP_EVERY_S = 2.0
@@ -258,14 +262,14 @@ class ControlCentre:
         with self.lock:
             states: list[tuple[str, dict[str, Any]]] = []
             keep: dict[str, bool] = {}
-            for sid, urgent in self._dirty.items():
+            room = len(self._dirty) if everything else MAX_RECORDS_PER_FLUSH
+            for sid, urgent in self._dirty.items():  # status changes always, routine up to room
                 due = now_s - self._persisted_s.get(sid, -1e18) >= STATE_EVERY_S
-                if urgent or everything or due:
+                if (urgent or everything or due) and (urgent or len(states) < room):
                     states.append((sid, self.stations[sid].to_record(now_s, wall_s)))
                     self._persisted_s[sid] = now_s
                 else:
-                    keep[sid] = False
-            self._dirty = keep
+                    keep[sid] = urgent
             samples, self._samples = self._samples, []
             alarms, self._alarm_changes = self._alarm_changes, []
         if states or samples or alarms:
