@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -80,12 +81,14 @@ def agent_config(work: Path, source: str, nginx: Nginx, mosquitto: Mosquitto) ->
             "station_id": "SOAK-0001",
             "capture": {"source": source, "width": WIDTH, "height": HEIGHT, "fps": FPS},
             "encode": {"preset": "veryfast", "segment_s": 2},
+            # the top rung all along: on a busy box the CPU cap would hold a lower picture for
+            # part of the run (it did, for 42 minutes), and its memory is not 720p30's
             "adapt": {
+                "enabled": False,
                 "ladder": [
-                    {"width": 640, "height": 360, "fps": 30, "bitrate_bps": 800_000},
-                    {"width": WIDTH, "height": HEIGHT, "fps": FPS, "bitrate_bps": BITRATE_BPS},
-                ]
-            },  # fmt: skip
+                    {"width": WIDTH, "height": HEIGHT, "fps": FPS, "bitrate_bps": BITRATE_BPS}
+                ],
+            },
             "spool": {"path": str(work / "spool"), "max_bytes": "4GB", "min_free_bytes": 0},
             "uplink": {"http": {"url": nginx.url}},
             "mqtt": {"url": mosquitto.url, "heartbeat_s": 10},
@@ -171,6 +174,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # run in the background, SIGINT is ignored: SIGTERM stops it cleanly (agent and peers)
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(3))
     try:
         sys.exit(main())
     except subprocess.SubprocessError as exc:
