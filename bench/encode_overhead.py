@@ -239,8 +239,9 @@ def run_cli(work: Path, video: Path, width: int, height: int, bps: int, input_s:
 
 def floor_child(video: Path, width: int, height: int, bps: int) -> int:
     """The least these libraries allow: PyAV decodes the file (slice threads, as the agent) and
-    libx264 encodes it with the agent's settings, nothing else (no pacing, overlay, muxing,
-    spool or Python threads). Run as its own process (--floor-child) and measured as the others."""
+    libx264 encodes it with the agent's settings, in real time, nothing else (no overlay,
+    muxing, spool or threads of its own). Run as its own process (--floor-child) and measured
+    as the others."""
     import av
 
     from agent.adapt.ladder import Rung
@@ -248,11 +249,14 @@ def floor_child(video: Path, width: int, height: int, bps: int) -> int:
     from agent.encode.encoder import PTS_HZ, open_video_encoder
 
     encoder = open_video_encoder("libx264", Rung(width, height, FPS, bps), "veryfast", 0, GOP)
+    started_s = time.monotonic()
     with av.open(str(video)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "SLICE"
         for k, frame in enumerate(container.decode(stream)):
             encoder.encode(i420_from_av(frame), k * PTS_HZ // FPS, keyframe=k % GOP == 0)
+            # in real time, as the agent and `ffmpeg -re` (flat out costs more per frame here)
+            time.sleep(max(0.0, started_s + (k + 1) / FPS - time.monotonic()))
     encoder.flush()
     return 0
 
