@@ -51,7 +51,22 @@ def read_status(pid: int) -> dict[str, float]:
         elif key == "Threads":
             values[key] = int(rest)
     values["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
-    return values
+    return values | mapping_rss(pid)
+
+
+def mapping_rss(pid: int) -> dict[str, float]:
+    """Where the resident memory is (MB): glibc's main heap, anonymous mappings (other arenas,
+    large blocks, Python's arenas, thread stacks) and mapped files (libraries, SQLite's -shm)."""
+    totals = {"heap": 0.0, "anon maps": 0.0, "files": 0.0}
+    kind = "files"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        first = line.split(maxsplit=6)
+        if "-" in first[0] and ":" not in first[0]:  # a mapping's header: range perms ... [path]
+            path = first[5] if len(first) > 5 else ""
+            kind = "heap" if path == "[heap]" else "files" if path.startswith("/") else "anon maps"
+        elif first[0] == "Rss:":
+            totals[kind] += int(first[1]) * 1024 / 1e6
+    return totals
 
 
 def sqlite_sizes(folder: Path) -> dict[str, float]:
@@ -108,7 +123,8 @@ def soak(work: Path, source: str, minutes: float) -> int:
         pid = agent.proc.pid
         started_s = time.monotonic()
         print(f"soak: pid {pid}, {source}, {minutes:g} min, a row a minute", flush=True)
-        header = f"{'min':>5} {'RSS MB':>8} {'anon MB':>8} {'fds':>5} {'threads':>7}  sqlite kB"
+        header = (f"{'min':>5} {'RSS MB':>8} {'anon MB':>8} {'heap':>6} {'maps':>6} {'files':>6} "
+                  f"{'fds':>5} {'threads':>7}  sqlite kB")  # fmt: skip
         print(header, flush=True)
         while (elapsed_s := time.monotonic() - started_s) < minutes * 60:
             time.sleep(min(SAMPLE_S, minutes * 60 - elapsed_s) if rows else 5.0)
@@ -120,6 +136,7 @@ def soak(work: Path, source: str, minutes: float) -> int:
             rows.append((now_s, sample))
             files = "  ".join(f"{k.split('/')[-1]} {v:.0f}" for k, v in sample.items() if "/" in k)
             print(f"{now_s / 60:5.1f} {sample['VmRSS']:8.1f} {sample['RssAnon']:8.1f} "
+                  f"{sample['heap']:6.1f} {sample['anon maps']:6.1f} {sample['files']:6.1f} "
                   f"{sample['fds']:5.0f} {sample['Threads']:7.0f}  {files}",
                   flush=True)  # fmt: skip
         uploaded = len(list((nginx.root / "SOAK-0001").rglob("*.ts")))
@@ -145,7 +162,7 @@ def report(rows: list[tuple[float, dict[str, float]]]) -> int:
     for key in keys:
         values = [s[key] for _, s in steady]
         slopes[key] = slope_per_hour(times, values)
-        unit = {"VmRSS": "MB", "RssAnon": "MB", "fds": "", "Threads": ""}.get(key, "kB")
+        unit = {"fds": "", "Threads": ""}.get(key, "kB" if "/" in key else "MB")
         print(f"  {key:28} {slopes[key]:+9.2f} {unit}/hour  (first {values[0]:.1f}, "
               f"last {values[-1]:.1f}, min {min(values):.1f}, max {max(values):.1f})")  # fmt: skip
     missed = []
