@@ -335,3 +335,52 @@ def test_a_hanging_playlist_put_shows_the_uplink_busy_for_the_watchdog(tmp_path:
         target.release.set()
         uploader.stop()
     assert uploader.figures.busy_since_s is None
+
+
+class LateArchiveTarget(FileTarget):
+    """A real file:// target where an earlier archive.m3u8 PUT, held in the network after the
+    agent gave up on it, lands right after the final one (seen in bench/chaos.py, seed 2)."""
+
+    def __init__(self, url: str, station_id: str) -> None:
+        super().__init__(url, station_id)
+        self.held: tuple[str, bytes] | None = None
+        self.landed = 0
+
+    def put(self, name: str, data: bytes, content_type: str, sha256: str | None,
+            progress: Progress | None = None) -> None:  # fmt: skip
+        super().put(name, data, content_type, sha256, progress)
+        if not name.endswith("/archive.m3u8"):
+            return
+        if self.held is None:
+            self.held = (name, data)  # the first version, still on its way
+        elif data.rstrip().endswith(b"#EXT-X-ENDLIST") and not self.landed:
+            self.landed += 1
+            super().put(*self.held, content_type, None, None)  # lands after the final one
+
+
+def test_an_older_archive_landing_after_the_final_one_is_written_again(tmp_path: Path) -> None:
+    sink = RecordingSink()
+    spool = Spool(tmp_path / "spool", ["http"], 10**9, 0, sink)
+    spool.open()
+    rung = Rung(320, 240, 15, 300_000)
+    at = "2026-11-23T10:00:00.000Z"
+    cfg = HttpUplinkConfig(url=f"file://{tmp_path / 'up'}", archive_interval_s=0)
+    target = LateArchiveTarget(cfg.url, STATION)
+    uploader = make_uploader(cfg, target, spool, sink)
+    uploader.start()
+    try:
+        for k in range(6):
+            spool.add(
+                EncodedSegment(bytes([k]) * 2_000, at, k * 90_000, 1.0, rung, 15, "x", k == 0)
+            )
+            assert wait_until(lambda: not spool.pending("http"), timeout_s=10)
+            assert wait_until(lambda: target.held is not None, timeout_s=10)
+    finally:
+        uploader.stop()
+    assert target.landed == 1, "the older archive landed after the final one"
+    assert target.held is not None
+    name, older = target.held
+    final = (tmp_path / "up" / STATION / name).read_text()
+    assert final != older.decode()
+    assert playlist_seqs(final) == list(range(6))
+    assert final.rstrip().endswith("#EXT-X-ENDLIST")

@@ -132,6 +132,7 @@ class Publisher:
         self._plan = ArchivePlan()  # which archive documents are due (their byte budgets)
         self._recordings: StationRecordings | None = None  # once the spool is open
         self._kept_bad: set[str] = set()  # SHA-256 of malformed indexes already kept aside
+        self._last_words: dict[str, bytes] = {}  # archive documents written at stop
 
     @property
     def playlist_error(self) -> str | None:
@@ -176,6 +177,7 @@ class Publisher:
             (LIVE_NAME, self._write_live),
             (ARCHIVE_NAME, lambda: self._write_archive(self._last_word(), ended=True)),
             (INDEX_NAME, lambda: self._write_index(time.monotonic(), ended=True, verify=True)),
+            (ARCHIVE_NAME, self._verify_archive),
         ]
         for name, write in steps:
             if time.monotonic() >= deadline_s:
@@ -256,6 +258,18 @@ class Publisher:
             body = render_archive(self._entries(records, live=False), done).encode()
             self._requests.put(name, body, M3U8_TYPE)
             self._plan.written(key, len(body), len(records))
+            if ended:
+                self._last_words[name] = body
+
+    def _verify_archive(self) -> None:
+        """The last step at stop: read the ended archive documents back. A playlist PUT that
+        timed out earlier may still have been held in the network and landed after the final
+        one (an older archive, without ENDLIST, would then stay upstream for good): write it
+        again. Last, so that such a request has had the longest time to land."""
+        for name, body in self._last_words.items():
+            if self._requests.get(name) != body:
+                log.warning("%s upstream is not the one written at stop; writing it again", name)
+                self._requests.put(name, body, M3U8_TYPE)
 
     def _last_word(self) -> list[int]:
         """At a clean stop: what changed, the newest part and the whole (ENDLIST)."""
