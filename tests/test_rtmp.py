@@ -23,6 +23,7 @@ from agent.adapt.ladder import Rung
 from agent.core.clock import parse_utc
 from agent.core.config import ConfigError
 from agent.core.events import Event
+from agent.core.timesync import clock_state
 from agent.encode.encoder import VideoEncoder
 from agent.encode.overlay import Overlay, _margin, render_patch
 from agent.encode.packet import EncodedPacket
@@ -33,7 +34,8 @@ from agent.service.config import (
     plaintext_credentials,
     secret_values,
 )
-from agent.telemetry import load_schema
+from agent.telemetry import load_schema, payloads
+from agent.telemetry.system import SystemStats
 from agent.tools.check_rtmp import check_rtmp
 from agent.uplink import rtmp_pipe as pipe
 from agent.uplink.rtmp import RtmpOutput
@@ -130,6 +132,32 @@ def test_the_recording_plays_with_the_station_overlay(
     seen = luma[y : y + one.shape[0], x : x + width]
     assert width > 40 and seen.std() > 40, "the overlay corner is blank"
     assert np.abs(seen - one[:, :width]).mean() < 25, "the station id is not in the picture"
+
+
+def test_a_box_with_rtmp_only_sends_heartbeats_that_follow_the_schema(
+    nginx_factory: NginxFactory, tmp_path: Path, run_agent: RunAgent
+) -> None:
+    nginx = nginx_factory(rtmp_keys=[KEY])
+    running = run_agent(rtmp_config(tmp_path, nginx.rtmp_url))  # no [uplink.http]
+    wait_frames_sent(running, 15)
+    heartbeat = payloads.heartbeat(
+        STATION, at_utc="2026-11-30T10:00:00.000Z", seq=1, uptime_s=3.0,
+        system=SystemStats(tmp_path).sample(), clock=clock_state(time.time()),
+        pipeline=running.pipeline.status(), status_error=None,
+        telemetry={"mode": "stdout", "connected": True, "last_error": None},
+    )  # fmt: skip
+    validator = Draft202012Validator(load_schema("heartbeat"))
+    errors = [f"{e.json_path}: {e.message}" for e in best_errors(validator, heartbeat)]
+    assert not errors, errors
+    assert "uplink" not in heartbeat and heartbeat["rtmp"][0]["frames_sent"] >= 15
+
+
+def best_errors(validator: Draft202012Validator, document: dict[str, Any]) -> list[Any]:
+    """The errors, with those under an anyOf spelled out (its message alone names no field)."""
+    found = []
+    for error in validator.iter_errors(document):
+        found.extend(error.context or [error])
+    return found
 
 
 # -- outages ----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any
 from agent.core.events import Event
 
 SCHEMA_VERSION = 1  # bump on any incompatible change; consumers check it first
-PIPELINE_SECTIONS = ("capture", "encode", "uplink", "spool", "health", "privacy")
+PIPELINE_SECTIONS = ("capture", "encode", "uplink", "spool", "rtmp", "health", "privacy")
 MESSAGE_TYPES = ("status", "heartbeat", "event", "reply")
 
 
