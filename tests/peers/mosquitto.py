@@ -257,6 +257,25 @@ class Subscriber:
             self._changed.wait_for(lambda: sum(map(match, self.messages)) >= count, timeout_s)
             return [m for m in self.messages if match(m)]
 
+    def wait_distinct(
+        self, match: Callable[[Received], bool], count: int, timeout_s: float
+    ) -> list[dict[str, Any]]:
+        """The first `count` distinct messages that match, by their JSON `id`, in order of
+        arrival: QoS 1 may deliver a message twice, and a consumer drops the repeat by id.
+        Fewer if they did not all come within timeout_s."""
+
+        def distinct() -> list[dict[str, Any]]:
+            seen: dict[str, dict[str, Any]] = {}
+            for message in self.messages:
+                if match(message):
+                    body = message.json()
+                    seen.setdefault(str(body["id"]), body)
+            return list(seen.values())
+
+        with self._changed:
+            self._changed.wait_for(lambda: len(distinct()) >= count, timeout_s)
+            return distinct()
+
     def reply_topic_for(self, command_topic: str) -> str:
         """`stations/X/cmd/ping` -> `stations/X/reply/<client id>` (the default reply prefix)."""
         return f"{command_topic.rsplit('/cmd/', 1)[0]}/reply/{self.client_id}"
