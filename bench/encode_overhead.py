@@ -27,7 +27,9 @@ allow: PyAV decoding and libx264 encoding the same file in one bare process, as 
 CLI (below the 0.9 target it cannot be met by removing the agent's own work alone). The
 libx264 column compares the libraries themselves on the raw jobs: the wheel's libx264 (PyAV
 bundles its own build) against the system's that the CLI uses, the same frames and settings,
-single-threaded, flat out (1.00 at 720p when it was added: the builds cost the same). Exits 1
+single-threaded, flat out (1.00 at 720p when it was added: the builds cost the same). Last
+line: the RSS of a process that has only imported what `run` imports (the part of the peak the
+agent's work cannot remove). Exits 1
 when a target is missed: agent CPU <= 0.9x the CLI, peak RSS <= 1.3x, first segment on disk
 within segment_s + 1 s of the start, every output valid. (The previous version of this bench
 ran each tool once, unpaired, on a test pattern encoded as H.264; it answered nothing this one
@@ -264,6 +266,22 @@ def floor_child(video: Path, width: int, height: int, bps: int) -> int:
     return 0
 
 
+def imports_rss_mb() -> tuple[float, float]:
+    """RSS and anonymous memory (MiB) of a Python process that has only imported what
+    `station-agent run` imports (PyAV, numpy, OpenCV, pydantic, paho-mqtt, cryptography,
+    httpx, sqlite3 and the agent's own modules), before it opens anything: the part of the
+    agent's peak that no change to its work can remove."""
+    code = (
+        "import agent.cli, agent.service.runner\n"
+        "from pathlib import Path\n"
+        "s = dict(l.split(':', 1) for l in Path('/proc/self/status').read_text().splitlines())\n"
+        "print(int(s['VmRSS'].split()[0]) / 1024, int(s['RssAnon'].split()[0]) / 1024)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    rss_mb, anon_mb = map(float, out.stdout.split())
+    return rss_mb, anon_mb
+
+
 def run_floor(video: Path, width: int, height: int, bps: int, input_s: float) -> float:
     """CPU seconds per second of video of `floor_child` as a whole process."""
     cmd = [sys.executable, "-m", "bench.encode_overhead", "--floor-child", str(video),
@@ -493,6 +511,9 @@ def main() -> int:
         inputs = make_inputs(args.inputs, width, height, args.seconds)
         results[job] = run_job(job, inputs, args.seconds, args.pairs)
     missed = report(results)
+    rss_mb, anon_mb = imports_rss_mb()
+    print(f"\nthe agent's imports alone (what `run` imports, before any work): RSS "
+          f"{rss_mb:.0f} MiB (anon {anon_mb:.0f})")  # fmt: skip
     print(f"\ntargets: CPU <= {CPU_TARGET}x, peak RSS <= {RSS_TARGET}x the CLI, first segment "
           f"<= {SEGMENT_S + FIRST_SEGMENT_SLACK_S:.0f} s, every output valid")  # fmt: skip
     for line in missed:
