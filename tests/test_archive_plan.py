@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import tracemalloc
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,27 @@ def test_parts_and_the_whole_upstream(
         assert playlist_seqs(text) == list(range(first, last + 1)), (part, text)
         assert f"#EXT-X-MEDIA-SEQUENCE:{first}" in text
         assert text.rstrip().endswith("#EXT-X-ENDLIST")  # done, or the recording stopped
+
+
+def test_a_days_archive_is_rendered_a_page_at_a_time() -> None:
+    """A 15-hour day (27,000 segments) from a generator: the entries are never all held, so
+    the renderer's peak is a few times its text, not the day's entries as objects (~6 MB for
+    the entries alone, more for the spool's records, kept as the heap's high-water mark)."""
+    day = 27_000
+    text = render_archive(iter(entries(0, 99)), ended=False)
+    assert text == render_archive(entries(0, 99), ended=False), "a generator renders the same"
+
+    def one_by_one() -> Iterator[Entry]:
+        for seq in range(day):
+            yield from entries(seq, seq)
+
+    tracemalloc.start()
+    try:
+        text = render_archive(one_by_one(), ended=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert playlist_seqs(text) == list(range(day))
+    assert text.count("#EXT-X-PROGRAM-DATE-TIME:") == day // 30
+    assert text.startswith("#EXTM3U\n") and text.endswith("#EXT-X-ENDLIST\n")
+    assert peak < 4 * len(text), f"peak {peak / 1e6:.1f} MB for {len(text) / 1e6:.1f} MB of text"

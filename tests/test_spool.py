@@ -181,3 +181,17 @@ def test_sqlite_full_is_survived(tmp_path: Path) -> None:
     record = spool.add(segment(500, 3))
     assert verify_spool(tmp_path, spool) == []
     assert record.prev_sha256 == spool.get(record.seq - 1).sha256
+
+
+def test_records_come_a_page_at_a_time_in_order_within_the_range(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path, max_bytes=10**9, sink=RecordingSink())
+    for tag in range(10):
+        spool.add(segment(100, tag))
+    every = [r.seq for r in spool.segments()]
+    assert every == list(range(10))
+    assert [r.seq for r in spool.iter_segments(page=3)] == every  # 3 + 3 + 3 + 1
+    assert [r.seq for r in spool.iter_segments(2, 8, page=3)] == list(range(2, 9))
+    assert [r.seq for r in spool.iter_segments(3, 5, page=3)] == [3, 4, 5]  # an exact page
+    assert [r.seq for r in spool.segments(4, 6)] == [4, 5, 6]
+    assert list(spool.iter_segments(10)) == [] and list(spool.iter_segments(5, 4)) == []
+    assert list(spool.iter_segments(page=4)) == spool.segments()

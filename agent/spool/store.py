@@ -19,7 +19,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,6 +132,7 @@ class SegmentRecord:
 # Capture times kept for segments not yet uploaded: 512 segments is 17 min of 2 s segments;
 # a segment uploaded later (backfill) has no glass-to-upstream figure (it is not live).
 CAPTURE_TIMES_KEPT = 512
+RECORDS_PAGE = 500  # iter_segments: records per query
 
 
 class Spool:
@@ -438,8 +439,24 @@ class Spool:
             raise KeyError(seq)
         return records[0]
 
-    def segments(self, since_seq: int = 0) -> list[SegmentRecord]:
-        return self._select("WHERE s.seq >= ?", (since_seq,))
+    def segments(self, since_seq: int = 0, until_seq: int | None = None) -> list[SegmentRecord]:
+        """Records from `since_seq` to `until_seq` (both included; no end: the newest)."""
+        if until_seq is None:
+            return self._select("WHERE s.seq >= ?", (since_seq,))
+        return self._select("WHERE s.seq BETWEEN ? AND ?", (since_seq, until_seq))
+
+    def iter_segments(
+        self, since_seq: int = 0, until_seq: int | None = None, page: int = RECORDS_PAGE
+    ) -> Iterator[SegmentRecord]:
+        """The same records, fetched `page` at a time: a day's recording (~27,000 segments)
+        is never held as objects at once. Each page is one query under the lock."""
+        last = until_seq if until_seq is not None else (1 << 62)
+        while since_seq <= last:
+            records = self._select("WHERE s.seq BETWEEN ? AND ?", (since_seq, last), limit=page)
+            yield from records
+            if len(records) < page:
+                return
+            since_seq = records[-1].seq + 1
 
     def pending(
         self, uplink: str, newest_first: bool = False, limit: int = -1

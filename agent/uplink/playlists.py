@@ -10,11 +10,12 @@ marks a new run of the agent or a change of picture size/frame rate.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 HLS_VERSION = 8  # EXT-X-GAP
 ARCHIVE_DATE_EVERY = 30  # archive: PROGRAM-DATE-TIME every 30 segments (and at every break)
+PAGE_LINES = 2_000  # render_archive joins its lines this many at a time
 
 
 @dataclass(frozen=True)
@@ -27,12 +28,11 @@ class Entry:
     available: bool  # the upstream has it
 
 
-def _header(entries: Sequence[Entry], first_seq: int, discontinuity_seq: int) -> list[str]:
-    target = max((math.ceil(e.duration_s) for e in entries), default=1)
+def _header(target_s: int, first_seq: int, discontinuity_seq: int) -> list[str]:
     return [
         "#EXTM3U",
         f"#EXT-X-VERSION:{HLS_VERSION}",
-        f"#EXT-X-TARGETDURATION:{max(1, target)}",
+        f"#EXT-X-TARGETDURATION:{max(1, target_s)}",
         f"#EXT-X-MEDIA-SEQUENCE:{first_seq}",
         f"#EXT-X-DISCONTINUITY-SEQUENCE:{discontinuity_seq}",
         "#EXT-X-INDEPENDENT-SEGMENTS",
@@ -64,7 +64,8 @@ def render_live(entries: Sequence[Entry], discontinuity_seq: int) -> str:
     such segments with 0 < seq < the window's first seq (`Spool.discontinuities_before`)."""
     if not entries:
         raise ValueError("a live playlist needs at least one segment")
-    lines = _header(entries, entries[0].seq, discontinuity_seq)
+    target_s = max(math.ceil(e.duration_s) for e in entries)
+    lines = _header(target_s, entries[0].seq, discontinuity_seq)
     previous: Entry | None = None
     for entry in entries:
         tag = entry.discontinuity and entry.seq > 0
@@ -75,18 +76,34 @@ def render_live(entries: Sequence[Entry], discontinuity_seq: int) -> str:
     return "\n".join(lines) + "\n"  # never ENDLIST: a restarted agent goes on with it
 
 
-def render_archive(entries: Sequence[Entry], ended: bool) -> str:
-    """Every segment from the first, in order; gaps marked; ENDLIST after a clean stop."""
-    if not entries:
-        raise ValueError("an archive playlist needs at least one segment")
-    lines = _header(entries, entries[0].seq, 0)
+def render_archive(entries: Iterable[Entry], ended: bool) -> str:
+    """Every segment from the first, in order; gaps marked; ENDLIST after a clean stop.
+
+    `entries` may be a generator (Spool.iter_segments): the text is made a page of lines at a
+    time, so a day's archive (~27,000 segments) never holds all its entries and lines as
+    objects at once. Rendered whole every time, the list of them raised the heap's high-water
+    mark as the recording grew: +4 to 5 MB an hour, kept (issue 15)."""
+    pages: list[str] = []
+    lines: list[str] = []
+    first_seq: int | None = None
+    target_s = 1
     previous: Entry | None = None
     for k, entry in enumerate(entries):
+        if first_seq is None:
+            first_seq = entry.seq
+        target_s = max(target_s, math.ceil(entry.duration_s))
         broke = previous is None or entry.discontinuity or not previous.available
         with_date = broke or not entry.available or k % ARCHIVE_DATE_EVERY == 0
         tag = entry.discontinuity and k > 0
         lines += _entry_lines(entry, with_date=with_date, tag_discontinuity=tag)
         previous = entry
+        if len(lines) >= PAGE_LINES:
+            pages.append("\n".join(lines))
+            lines = []
+    if first_seq is None:
+        raise ValueError("an archive playlist needs at least one segment")
+    if lines:
+        pages.append("\n".join(lines))
     if ended:
-        lines.append("#EXT-X-ENDLIST")
-    return "\n".join(lines) + "\n"
+        pages.append("#EXT-X-ENDLIST")
+    return "\n".join([*_header(target_s, first_seq, 0), *pages]) + "\n"

@@ -15,11 +15,12 @@ The archive documents are rewritten on the archive timer when their byte budget 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -99,6 +100,19 @@ class _Timer:
         else:
             delay_s = full_jitter_s(self.failures, BACKOFF_BASE_S, self._backoff_max_s, rng)
         self.retry_at_s = now_s + delay_s
+
+
+class _Counted:
+    """Passes records through, counting them."""
+
+    def __init__(self, records: Iterable[SegmentRecord]) -> None:
+        self._records = records
+        self.count = 0
+
+    def __iter__(self) -> Iterator[SegmentRecord]:
+        for record in self._records:
+            self.count += 1
+            yield record
 
 
 class Publisher:
@@ -217,9 +231,9 @@ class Publisher:
 
     # -- playlists ------------------------------------------------------------------------
 
-    def _entries(self, records: list[SegmentRecord], live: bool) -> list[Entry]:
-        return [
-            Entry(
+    def _entries(self, records: Iterable[SegmentRecord], live: bool) -> Iterator[Entry]:
+        for r in records:
+            yield Entry(
                 seq=r.seq,
                 uri=r.object_name if live else r.file_name,
                 duration_s=r.duration_s,
@@ -227,17 +241,15 @@ class Publisher:
                 discontinuity=r.discontinuity,
                 available=self._uplink in r.uploaded_to,
             )
-            for r in records
-        ]
 
     def _write_live(self) -> None:
         edge = self._spool.newest_uploaded(self._uplink)
         if edge is None:
             return
         first = max(0, edge - self._cfg.live_window + 1)
-        window = [r for r in self._spool.segments(first) if r.seq <= edge]
+        window = self._spool.segments(first, edge)
         breaks = self._spool.discontinuities_before(first)
-        text = render_live(self._entries(window, live=True), breaks)
+        text = render_live(list(self._entries(window, live=True)), breaks)
         self._requests.put(LIVE_NAME, text.encode(), M3U8_TYPE)
         self._live_stale = False
 
@@ -247,17 +259,19 @@ class Publisher:
         newest = self._spool.next_seq() - 1
         for key in documents:
             if key == WHOLE:
-                records, name, done = self._spool.segments(0), self.archive_name, ended
+                first, last, name, done = 0, newest, self.archive_name, ended
             else:
                 first, last = part_range(key)
-                records = [r for r in self._spool.segments(first) if r.seq <= last]
                 name = f"{self._spool.recording_id}/{part_name(key)}"
                 done = ended or newest > last
-            if not records:
-                continue
-            body = render_archive(self._entries(records, live=False), done).encode()
+            records = self._spool.iter_segments(first, last)  # a page at a time
+            head = next(records, None)
+            if head is None:
+                continue  # no segment in that range (yet)
+            counted = _Counted(itertools.chain([head], records))
+            body = render_archive(self._entries(counted, live=False), done).encode()
             self._requests.put(name, body, M3U8_TYPE)
-            self._plan.written(key, len(body), len(records))
+            self._plan.written(key, len(body), counted.count)
             if ended:
                 self._last_words[name] = body
 
