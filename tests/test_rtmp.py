@@ -17,7 +17,7 @@ from typing import Any
 import av
 import numpy as np
 import pytest
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, ValidationError
 
 from agent.adapt.ladder import Rung
 from agent.core.clock import parse_utc
@@ -152,9 +152,9 @@ def test_a_box_with_rtmp_only_sends_heartbeats_that_follow_the_schema(
     assert "uplink" not in heartbeat and heartbeat["rtmp"][0]["frames_sent"] >= 15
 
 
-def best_errors(validator: Draft202012Validator, document: dict[str, Any]) -> list[Any]:
+def best_errors(validator: Draft202012Validator, document: dict[str, Any]) -> list[ValidationError]:
     """The errors, with those under an anyOf spelled out (its message alone names no field)."""
-    found = []
+    found: list[ValidationError] = []
     for error in validator.iter_errors(document):
         found.extend(error.context or [error])
     return found
