@@ -2,10 +2,12 @@
 
 The agent runs as the service does (`station-agent run`) on a looped 720p30 H.264 file (what an
 IP camera sends; a busy test pattern with --source test:noise), uploading to a real nginx and
-reporting to a real mosquitto. Every minute this prints its RSS, anonymous memory, open file
-descriptors, threads and the SQLite files' sizes (the spool index and the telemetry outbox, with
-their -wal); at the end, the least-squares slope of each after the first 5 minutes (warm-up:
-x264's and the decoder's buffers, the first uploads, SQLite's page cache).
+reporting to a real mosquitto. Every minute this prints its RSS, anonymous memory, where the
+resident memory is (glibc's main heap, anonymous mappings — other arenas, Python's arenas, large
+blocks —, mapped files), open file descriptors, threads and the SQLite files' sizes (the spool
+index and the telemetry outbox, with their -wal); at the end, the least-squares slope of each
+after the first 5 minutes (warm-up: x264's and the decoder's buffers, the first uploads,
+SQLite's page cache).
 
     .venv/bin/python -m bench.soak [--minutes 60] [--source file:PATH|test:noise]
 
