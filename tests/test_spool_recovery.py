@@ -171,10 +171,11 @@ def test_a_lost_index_is_rebuilt_from_the_files(tmp_path: Path) -> None:
     assert verify_spool(tmp_path, spool) == []
 
 
-def test_a_big_reindex_goes_on_in_the_background_while_recording(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    sink = RecordingSink()
+def four_stored_then_index_lost(
+    tmp_path: Path, sink: RecordingSink, monkeypatch: pytest.MonkeyPatch
+) -> list[EncodedSegment]:
+    """Six real segments; the first four stored, then the index destroyed, with the whole
+    re-index left for the background at the next open. Returns the six."""
     spool = open_spool(tmp_path, sink)
     segments = real_segments(6)
     for segment in segments[:4]:
@@ -182,6 +183,14 @@ def test_a_big_reindex_goes_on_in_the_background_while_recording(
     spool.close()
     (tmp_path / "index.sqlite").write_bytes(b"garbage" * 1000)
     monkeypatch.setattr(store, "REINDEX_AT_OPEN_S", 0.0)  # everything left for the background
+    return segments
+
+
+def test_a_big_reindex_goes_on_in_the_background_while_recording(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = RecordingSink()
+    segments = four_stored_then_index_lost(tmp_path, sink, monkeypatch)
     spool = open_spool(tmp_path, sink)
     assert spool.next_seq() == 4  # new segments go after every file waiting to be re-indexed
     live = spool.add(segments[4])
@@ -200,13 +209,7 @@ def test_a_segment_stored_midway_through_the_background_reindex_keeps_the_chain(
     """The live segment is stored after the background re-index wrote 0..2 but before 3: it
     links to 2's hash, and `spool verify` must accept that link into the re-indexed run."""
     sink = RecordingSink()
-    spool = open_spool(tmp_path, sink)
-    segments = real_segments(6)
-    for segment in segments[:4]:
-        spool.add(segment)
-    spool.close()
-    (tmp_path / "index.sqlite").write_bytes(b"garbage" * 1000)
-    monkeypatch.setattr(store, "REINDEX_AT_OPEN_S", 0.0)
+    segments = four_stored_then_index_lost(tmp_path, sink, monkeypatch)
     first_three, live_stored = threading.Event(), threading.Event()
     reindex = Recovery.reindex
 

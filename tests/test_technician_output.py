@@ -316,10 +316,12 @@ def test_every_roster_problem_in_one_run_in_plain_words(
     assert lines[-1] == "error: 4 problems: fix them all, then run the command again"
 
 
-def test_provision_without_sudo_says_so() -> None:
+def as_nobody(*args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
+    """`station-agent ARGS` run as an unprivileged user (uid/gid 65534), as a technician
+    who forgot sudo; skips without root or setpriv."""
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv to run as another user")
-    done = subprocess.run(
+    return subprocess.run(
         [
             "setpriv",
             "--reuid",
@@ -330,21 +332,22 @@ def test_provision_without_sudo_says_so() -> None:
             sys.executable,
             "-m",
             "agent",
-            "provision",
-            "--station-id",
-            "AZ-0001",
-            "--camera",
-            "test:",
-            "--upload-url",
-            "https://ingest.example.org/stations",
-            "--no-check",
+            *args,
         ],  # fmt: skip
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout_s,
         check=False,
         cwd="/",
     )
+
+
+def test_provision_without_sudo_says_so() -> None:
+    done = as_nobody(
+        "provision", "--station-id", "AZ-0001", "--camera", "test:",
+        "--upload-url", "https://ingest.example.org/stations", "--no-check",
+        timeout_s=60,
+    )  # fmt: skip
     assert done.returncode == 2
     assert "error: cannot write to /etc/station-agent" in done.stderr
     assert "Run it with sudo: `sudo station-agent provision" in done.stderr
@@ -352,32 +355,10 @@ def test_provision_without_sudo_says_so() -> None:
 
 def test_check_without_sudo_says_so(tmp_path: Path) -> None:
     """The config is the service's (0600): read without sudo, the fix is the sudo."""
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to run as another user")
     config = write_toml(tmp_path / "config.toml", agent_config(tmp_path))
     config.chmod(0o600)
     tmp_path.chmod(0o755)
-    done = subprocess.run(
-        [
-            "setpriv",
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-            sys.executable,
-            "-m",
-            "agent",
-            "check",
-            "--config",
-            str(config),
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd="/",
-    )
+    done = as_nobody("check", "--config", str(config), timeout_s=120)
     assert done.returncode == 1
     fail = done.stdout.split("FAIL  config", 1)[1].split("SKIP", 1)[0]
     assert "Permission" in fail and "Run it with sudo: `sudo station-agent check" in " ".join(

@@ -217,14 +217,14 @@ class EncodeLoop:
                 discontinuity = False
             started_s = self._clock()
             frame = self._capture.latest()
-            i420 = self._prepare(frame, rung, started_s, pts)
+            if frame is not None and started_s - frame.captured_s > self._stale_after_s:
+                frame = None  # too old to show: the card
+            # glass-to-upstream starts when the picture left the camera (the card: its tick)
+            captured_s = started_s if frame is None else frame.captured_s
+            i420 = self._prepare(frame, rung, captured_s, pts)
             self._emit(encoder.encode(i420, pts, keyframe), encoder)
             self._overlay.undo()  # the captured frame as it came, for whoever reads it next
-            # glass-to-upstream starts when the picture left the camera (the card: its tick)
-            if frame is None or started_s - frame.captured_s > self._stale_after_s:
-                self._writer.captured(started_s)
-            else:
-                self._writer.captured(frame.captured_s)
+            self._writer.captured(captured_s)
             self.frames_out += 1
             done_s = self._clock()
             cost = (done_s - started_s) * rung.fps
@@ -298,20 +298,19 @@ class EncodeLoop:
             return []
 
     def _prepare(
-        self, frame: CapturedFrame | None, rung: Rung, now_s: float, pts: int
+        self, frame: CapturedFrame | None, rung: Rung, captured_s: float, pts: int
     ) -> np.ndarray:
-        """Newest frame (I420) -> rung size -> the overlay burnt in. At the capture size the
-        overlay goes into the captured frame itself (no copy; `Overlay.undo()` after encoding),
-        unless the encoder keeps frames past encode(). With packet observers, notes when the
-        picture of frame `pts` was captured."""
+        """Newest fresh frame (I420; None: the card) -> rung size -> the overlay burnt in. At
+        the capture size the overlay goes into the captured frame itself (no copy;
+        `Overlay.undo()` after encoding), unless the encoder keeps frames past encode(). With
+        packet observers, notes that the picture of frame `pts` was captured at `captured_s`."""
         w, h = rung.width, rung.height
-        stale = frame is None or now_s - frame.captured_s > self._stale_after_s
         if self.packet_observers:
-            self._glass_s[pts] = now_s if frame is None or stale else frame.captured_s
+            self._glass_s[pts] = captured_s
             if len(self._glass_s) > GLASS_TIMES_KEPT:
                 del self._glass_s[next(iter(self._glass_s))]
         borrowed = False  # drawing into the captured frame itself
-        if frame is None or stale:
+        if frame is None:
             image = self._placeholder(w, h)
         else:
             if frame.index != self._last_observed_index:

@@ -102,19 +102,6 @@ class _Timer:
         self.retry_at_s = now_s + delay_s
 
 
-class _Counted:
-    """Passes records through, counting them."""
-
-    def __init__(self, records: Iterable[SegmentRecord]) -> None:
-        self._records = records
-        self.count = 0
-
-    def __iter__(self) -> Iterator[SegmentRecord]:
-        for record in self._records:
-            self.count += 1
-            yield record
-
-
 class Publisher:
     def __init__(
         self,
@@ -268,10 +255,10 @@ class Publisher:
             head = next(records, None)
             if head is None:
                 continue  # no segment in that range (yet)
-            counted = _Counted(itertools.chain([head], records))
-            body = render_archive(self._entries(counted, live=False), done).encode()
+            entries = self._entries(itertools.chain([head], records), live=False)
+            body = render_archive(entries, done).encode()
             self._requests.put(name, body, M3U8_TYPE)
-            self._plan.written(key, len(body), counted.count)
+            self._plan.written(key, len(body), body.count(b"#EXTINF:"))  # one per entry
             if ended:
                 self._last_words[name] = body
 
